@@ -1,0 +1,33 @@
+"""Shared fixtures: headless plotting, a writer for config folders, quiet hypothesis."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable, Dict
+
+import pytest
+
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+try:
+    from hypothesis import settings
+
+    settings.register_profile("ci", max_examples=60, deadline=None)
+    settings.load_profile("ci")
+except ImportError:  # pragma: no cover - hypothesis is a test dependency
+    pass
+
+
+@pytest.fixture
+def write_config(tmp_path: Path) -> Callable[[Dict[str, Any]], Path]:
+    """Write a dict as ``<tmp>/run/pruning_config.json`` and return the folder."""
+
+    def _write(data: Dict[str, Any], indent: int = 4) -> Path:
+        folder = tmp_path / "run"
+        folder.mkdir(exist_ok=True)
+        (folder / "pruning_config.json").write_text(json.dumps(data, indent=indent))
+        return folder
+
+    return _write

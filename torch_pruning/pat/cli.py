@@ -1,0 +1,41 @@
+"""Command line: ``python -m torch_pruning.pat <command>``.
+
+Commands:
+    schema      print the JSON Schema of pruning_config.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Callable, Dict, List, Optional
+
+__all__ = ["main", "COMMANDS"]
+
+
+def _schema(args: argparse.Namespace) -> int:
+    from .config import config_json_schema
+
+    sys.stdout.write(json.dumps(config_json_schema(), indent=2) + "\n")
+    return 0
+
+
+#: name -> (help, argument setup, handler); other modules register more commands here.
+COMMANDS: Dict[str, tuple] = {
+    "schema": ("print the JSON Schema of pruning_config.json", lambda p: None, _schema),
+}
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Entry point of ``python -m torch_pruning.pat`` and the ``torch-pruning-pat`` script."""
+    parser = argparse.ArgumentParser(prog="python -m torch_pruning.pat",
+                                     description="torch-pruning-pat tools")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (help_text, setup, handler) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text)
+        setup(p)
+        p.set_defaults(handler=handler)
+    args = parser.parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    return handler(args)

@@ -1,0 +1,225 @@
+"""The ``Pruning`` facade: reads the config and wires both pruners into the user's loop.
+
+Example (the five lines a training script adds)::
+
+    from torch_pruning.utils import Pruning
+    pruner = Pruning(model, output_dir, log=logger)
+    ...  # per step:
+    loss = loss + pruner.slice_regularize(model)
+    loss.backward(); pruner.channel_regularize(model); optimizer.step()
+    ...  # per epoch:
+    pruner.prune(model, epoch, log=logger)
+    if pruner.channel_pruner.reset_optimizer:
+        optimizer = make_optimizer(model); pruner.channel_pruner.reset_optimizer = False
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional, Sequence, Union
+
+import torch
+from torch import nn
+
+from ._log import UserLog, emit
+from ._model import model_device, unwrap_model
+from .config import ChannelSparsityArgs
+from .config_io import CONFIG_FILENAME, ConfigSource, PruningConfigError, load_config
+from .masks import MaskSet
+
+__all__ = ["Pruning", "InertPruner", "normalize_forward_fn", "make_example_inputs"]
+
+logger = logging.getLogger(__name__)
+
+Inputs = Union[torch.Tensor, Sequence[torch.Tensor], Dict[str, torch.Tensor]]
+ForwardFn = Callable[[nn.Module, Inputs], Any]
+
+
+class InertPruner:
+    """Stands in for a disabled pruner: regularizers add nothing, ``prune`` does nothing."""
+
+    enabled = False
+    reset_optimizer = False
+    reached_target = False
+
+    def regularize(self, model: nn.Module) -> Optional[torch.Tensor]:
+        """Return None (channel) — the facade turns it into a 0 tensor where one is needed."""
+        return None
+
+    def prune(self, model: nn.Module, epoch: int, log: Optional[UserLog] = None) -> None:
+        """Do nothing."""
+
+    def state_dict(self) -> Dict[str, Any]:
+        """An empty state."""
+        return {}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        """Accept any (empty) state."""
+
+
+def _call_with(fn: Callable[..., Any], inputs: Inputs) -> Any:
+    if isinstance(inputs, dict):
+        return fn(**inputs)
+    if isinstance(inputs, (list, tuple)):
+        return fn(*inputs)
+    return fn(inputs)
+
+
+def normalize_forward_fn(forward_fn: Optional[Callable[..., Any]],
+                         model: nn.Module) -> Optional[ForwardFn]:
+    """Turn either accepted ``forward_fn`` form into upstream's ``fn(model, inputs)`` form.
+
+    * the seed's form: a bound method of the model itself (``model.forward``), whatever its
+      arity, or a function with a single parameter: it takes the inputs;
+    * upstream's form: ``fn(model, example_inputs)``, e.g. to pick ``out["logits"]``.
+
+    Example:
+        >>> net = nn.Linear(2, 2)
+        >>> fn = normalize_forward_fn(net.forward, net)
+        >>> fn(net, torch.zeros(1, 2)).shape
+        torch.Size([1, 2])
+    """
+    if forward_fn is None:
+        return None
+    owners = {id(model), id(unwrap_model(model))}
+    if inspect.ismethod(forward_fn) and id(forward_fn.__self__) in owners:
+        return lambda _model, inputs: _call_with(forward_fn, inputs)
+    try:
+        params = [p for p in inspect.signature(forward_fn).parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+                  and p.default is p.empty]
+        variadic = any(p.kind is p.VAR_POSITIONAL
+                       for p in inspect.signature(forward_fn).parameters.values())
+    except (TypeError, ValueError):  # builtins without a signature: assume upstream's form
+        params, variadic = [None, None], False
+    if len(params) == 1 and not variadic:
+        return lambda _model, inputs: forward_fn(inputs)
+    return forward_fn
+
+
+def make_example_inputs(cfg: ChannelSparsityArgs, device: torch.device,
+                        source: str = "") -> Inputs:
+    """Dummy inputs from ``input_shape`` (one shape, or a list of shapes packed per ``container``).
+
+    Example:
+        >>> cfg = ChannelSparsityArgs(start_epoch=0, end_epoch=1, global_prune_rate=0.5,
+        ...                           input_shape=[1, 3, 8, 8])
+        >>> make_example_inputs(cfg, torch.device("cpu")).shape
+        torch.Size([1, 3, 8, 8])
+    """
+    shape = cfg.input_shape
+    if shape is None:
+        raise PruningConfigError(
+            "channel_sparsity_args.input_shape: required to trace the model's dependency graph "
+            "when Pruning(...) gets no example_inputs; give e.g. [1, 3, 224, 224] or a list of "
+            "shapes", source=source, field="channel_sparsity_args.input_shape")
+    if isinstance(shape[0], list):
+        tensors = [torch.randn(*s, device=device) for s in shape]
+        return tuple(tensors) if cfg.container == "tuple" else tensors
+    return torch.randn(*shape, device=device)
+
+
+def _to_device(inputs: Inputs, device: torch.device) -> Inputs:
+    if isinstance(inputs, torch.Tensor):
+        return inputs.to(device)
+    if isinstance(inputs, dict):
+        return {k: _to_device(v, device) for k, v in inputs.items()}
+    if isinstance(inputs, (list, tuple)):
+        return type(inputs)(_to_device(v, device) for v in inputs)
+    return inputs
+
+
+class Pruning:
+    """Pruning-aware training for a model, configured by ``pruning_config.json``.
+
+    Args:
+        model: the model to prune (may be wrapped in DistributedDataParallel).
+        config_folder: a folder holding ``pruning_config.json``, a path to a ``.json`` file, a
+            dict, or a :class:`~torch_pruning.pat.config.PruningConfig`. No file: pruning is
+            disabled with one log line and every call below is a no-op.
+        forward_fn: how to run the model on the example inputs while tracing: the seed's
+            ``model.forward`` or upstream's ``fn(model, inputs)``.
+        log: an object with ``.info`` that receives the same lines as the
+            ``torch_pruning.pat`` logger.
+        device: where example inputs are made (default: the model's device).
+        example_inputs: inputs for tracing; overrides ``input_shape`` from the config.
+
+    Example:
+        >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())
+        >>> pruner = Pruning(net, "/nonexistent-folder")   # no config: pruning disabled
+        >>> float(pruner.slice_regularize(net))
+        0.0
+    """
+
+    def __init__(self, model: nn.Module, config_folder: ConfigSource,
+                 forward_fn: Optional[Callable[..., Any]] = None, log: Optional[UserLog] = None,
+                 device: Optional[Union[str, torch.device]] = None,
+                 example_inputs: Optional[Inputs] = None) -> None:
+        self.log = log
+        self.masks = MaskSet()
+        self.channel_pruner: Any = InertPruner()
+        self.slice_pruner: Any = InertPruner()
+        loaded = load_config(config_folder)
+        self.config = loaded
+        if loaded is None:
+            where = Path(config_folder) if isinstance(config_folder, (str, Path)) else config_folder
+            if isinstance(where, Path) and where.suffix != ".json":
+                where = where / CONFIG_FILENAME
+            emit(f"No pruning config at {where}: pruning is disabled.", log)
+            return
+        self.device = torch.device(device) if device is not None else model_device(model)
+        source = str(loaded.path) if loaded.path else "<config>"
+        if loaded.channel is not None:
+            from .channel_pruner import ChannelPruner
+
+            inputs = (_to_device(example_inputs, self.device) if example_inputs is not None
+                      else make_example_inputs(loaded.channel, self.device, source))
+            self.channel_pruner = ChannelPruner(
+                model, loaded.channel, example_inputs=inputs,
+                forward_fn=normalize_forward_fn(forward_fn, model), masks=self.masks,
+                config_path=loaded.path, log=log)
+        if loaded.slice is not None:
+            from .slice_pruner import SlicePruner
+
+            self.slice_pruner = SlicePruner(model, loaded.slice, masks=self.masks, log=log)
+        if loaded.channel is None and loaded.slice is None:
+            emit(f"{source}: both channel and slice pruning are off.", log)
+
+    @property
+    def enabled(self) -> bool:
+        """True when at least one pruner is active."""
+        return not (isinstance(self.channel_pruner, InertPruner)
+                    and isinstance(self.slice_pruner, InertPruner))
+
+    def channel_regularize(self, model: nn.Module) -> None:
+        """Add the channel group-lasso to the gradients; call after ``loss.backward()``."""
+        self.channel_pruner.regularize(model)
+
+    def slice_regularize(self, model: nn.Module) -> torch.Tensor:
+        """The slice penalty to add to the loss (a 0 tensor on the model's device when off)."""
+        penalty = self.slice_pruner.regularize(model)
+        if penalty is None:
+            return torch.zeros((), device=model_device(model))
+        return penalty
+
+    def prune(self, model: nn.Module, epoch: int, log: Optional[UserLog] = None) -> None:
+        """Run the epoch-end pruning step of both pruners (masking, or physical removal)."""
+        log = log if log is not None else self.log
+        self.channel_pruner.prune(model, epoch, log=log)
+        self.slice_pruner.prune(model, epoch, log=log)
+
+    def state_dict(self) -> Dict[str, Any]:
+        """The pruners' state, to save in a training checkpoint beside the model.
+
+        Example:
+            >>> torch.save({"model": model.state_dict(), "pruner": pruner.state_dict()}, f)  # doctest: +SKIP
+        """
+        return {"channel": self.channel_pruner.state_dict(),
+                "slice": self.slice_pruner.state_dict()}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        """Restore the state saved by :meth:`state_dict` (load the model weights first)."""
+        self.channel_pruner.load_state_dict(state.get("channel", {}))
+        self.slice_pruner.load_state_dict(state.get("slice", {}))

@@ -1,0 +1,235 @@
+"""Masks as state: the single source of truth for which weight entries are pruned.
+
+A :class:`MaskSet` holds boolean *keep* masks per ``(module, parameter name)`` in named
+layers (``"channel"`` for the channel pruner, ``"slice"`` for the slice pruner). The mask a
+parameter obeys is the AND of its layers. Masks only grow (an entry once pruned stays pruned)
+and weights follow them:
+
+* :meth:`MaskSet.update` zeroes the newly masked entries at once;
+* a global ``torch.optim`` step post-hook re-zeroes every masked entry after *every* optimizer
+  step, so momentum, Adam moments and weight decay can never revive a masked weight;
+* after a physical removal :meth:`MaskSet.reindex` shrinks every mask to the new shapes.
+
+Masks are keyed by module and attribute name (not by ``Parameter`` object), so they survive
+``model.to(device)`` and upstream's pruning functions replacing parameters.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Dict, Iterator, List, Optional, Tuple
+
+import torch
+from torch import nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
+
+__all__ = ["MaskSet", "strip_module_prefix"]
+
+_Key = Tuple[nn.Module, str]
+
+
+def strip_module_prefix(name: str) -> str:
+    """Drop the ``module.`` prefixes DDP/DataParallel add to names.
+
+    Example:
+        >>> strip_module_prefix("module.layer1.0.conv1")
+        'layer1.0.conv1'
+    """
+    while name.startswith("module."):
+        name = name[len("module."):]
+    return name
+
+
+class MaskSet:
+    """Keep-masks for parameters, kept exact through optimizer steps.
+
+    Example:
+        >>> conv = nn.Conv2d(3, 4, 3)
+        >>> masks = MaskSet()
+        >>> keep = torch.ones_like(conv.weight, dtype=torch.bool); keep[0] = False
+        >>> masks.update("channel", conv, "weight", keep)
+        >>> bool(conv.weight[0].abs().sum() == 0)
+        True
+    """
+
+    def __init__(self) -> None:
+        self._layers: Dict[str, Dict[_Key, torch.Tensor]] = {}
+        self._effective: Dict[_Key, torch.Tensor] = {}
+        #: Incremented whenever any mask or shape changes; lets users cache derived layouts.
+        self.version = 0
+        ref = weakref.ref(self)
+
+        def _after_step(optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
+            masks = ref()
+            if masks is not None:
+                masks.apply()
+
+        self._hook = register_optimizer_step_post_hook(_after_step)
+
+    def __del__(self) -> None:
+        hook = getattr(self, "_hook", None)
+        if hook is not None:
+            hook.remove()
+
+    # ------------------------------------------------------------------ queries
+    def __len__(self) -> int:
+        return len(self._effective)
+
+    def keys(self) -> Iterator[_Key]:
+        """Every ``(module, name)`` that has a mask in any layer."""
+        return iter(list(self._effective))
+
+    def get(self, layer: str, module: nn.Module, name: str) -> Optional[torch.Tensor]:
+        """The keep-mask of one layer for ``module.<name>``, or None."""
+        return self._layers.get(layer, {}).get((module, name))
+
+    def effective(self, module: nn.Module, name: str) -> Optional[torch.Tensor]:
+        """The AND of all layers' keep-masks for ``module.<name>``, or None."""
+        return self._effective.get((module, name))
+
+    def layer_keys(self, layer: str) -> List[_Key]:
+        """The ``(module, name)`` pairs masked in ``layer``."""
+        return list(self._layers.get(layer, {}))
+
+    # ------------------------------------------------------------------ updates
+    def update(self, layer: str, module: nn.Module, name: str, keep: torch.Tensor) -> None:
+        """AND ``keep`` into the mask of ``module.<name>`` in ``layer`` and zero the weights.
+
+        ``keep`` must be boolean and broadcastable to the parameter's shape. Entries already
+        masked stay masked: masks only grow.
+        """
+        param = getattr(module, name)
+        keep = keep.to(device=param.device, dtype=torch.bool).expand_as(param).clone()
+        masks = self._layers.setdefault(layer, {})
+        old = masks.get((module, name))
+        masks[(module, name)] = keep if old is None else (old.to(param.device) & keep)
+        self._refresh((module, name))
+        self._apply_one((module, name))
+
+    def clear(self, layer: Optional[str] = None) -> None:
+        """Forget the masks of ``layer`` (all layers when None). Weights are not changed."""
+        if layer is None:
+            self._layers.clear()
+        else:
+            self._layers.pop(layer, None)
+        self._effective.clear()
+        self.version += 1
+        for masks in self._layers.values():
+            for key in masks:
+                self._refresh(key)
+
+    def _refresh(self, key: _Key) -> None:
+        self.version += 1
+        found = [m[key] for m in self._layers.values() if key in m]
+        if not found:
+            self._effective.pop(key, None)
+            return
+        eff = found[0]
+        for other in found[1:]:
+            eff = eff & other.to(eff.device)
+        self._effective[key] = eff
+
+    # ------------------------------------------------------------------ enforcement
+    def _apply_one(self, key: _Key) -> None:
+        module, name = key
+        param = getattr(module, name, None)
+        if param is None:
+            return
+        keep = self._effective[key]
+        if keep.device != param.device:
+            keep = keep.to(param.device)
+            self._effective[key] = keep
+        if keep.shape != param.shape:
+            raise RuntimeError(
+                f"mask of {type(module).__name__}.{name} has shape {tuple(keep.shape)} but the "
+                f"parameter has {tuple(param.shape)}; was the model changed without "
+                "MaskSet.reindex()?")
+        with torch.no_grad():
+            param.masked_fill_(~keep, 0)
+
+    @torch.no_grad()
+    def apply(self) -> None:
+        """Zero every masked entry (run automatically after each optimizer step)."""
+        for key in self._effective:
+            self._apply_one(key)
+
+    @torch.no_grad()
+    def zero_masked_grads(self) -> None:
+        """Zero the gradients of masked entries (keeps optimizer statistics clean)."""
+        for (module, name), keep in self._effective.items():
+            param = getattr(module, name, None)
+            if param is not None and param.grad is not None and param.grad.shape == keep.shape:
+                param.grad.masked_fill_(~keep.to(param.grad.device), 0)
+
+    # ------------------------------------------------------------------ physical removal
+    def reindex(self, channel_layer: str = "channel") -> None:
+        """Shrink all masks after masked channels were physically removed.
+
+        For every parameter whose shape changed, the indices kept along each shrunk dimension
+        are those not fully masked in ``channel_layer``; every layer's mask is cut the same
+        way, then ``channel_layer`` is dropped (its channels no longer exist).
+        """
+        chan = self._layers.get(channel_layer, {})
+        for key in list(self._effective):
+            module, name = key
+            param = getattr(module, name, None)
+            if param is None:
+                continue
+            old_shape = self._effective[key].shape
+            if tuple(old_shape) == tuple(param.shape):
+                continue
+            cmask = chan.get(key)
+            if cmask is None:
+                raise RuntimeError(
+                    f"{type(module).__name__}.{name} changed shape {tuple(old_shape)} -> "
+                    f"{tuple(param.shape)} but has no '{channel_layer}' mask to re-index by")
+            index = []
+            for dim, (old, new) in enumerate(zip(old_shape, param.shape)):
+                if old == new:
+                    index.append(torch.arange(old, device=cmask.device))
+                    continue
+                others = [d for d in range(cmask.dim()) if d != dim]
+                kept = cmask.any(dim=others).nonzero().flatten() if others else cmask.nonzero().flatten()
+                if kept.numel() != new:
+                    raise RuntimeError(
+                        f"cannot re-index the mask of {type(module).__name__}.{name}: dim {dim} "
+                        f"has {kept.numel()} unmasked entries but the parameter now has {new}")
+                index.append(kept)
+            for masks in self._layers.values():
+                if key in masks:
+                    m = masks[key]
+                    for dim, idx in enumerate(index):
+                        m = m.index_select(dim, idx.to(m.device))
+                    masks[key] = m
+        self._layers.pop(channel_layer, None)
+        self._effective.clear()
+        self.version += 1
+        for masks in self._layers.values():
+            for key in list(masks):
+                if masks[key].all():
+                    del masks[key]
+                else:
+                    self._refresh(key)
+
+    # ------------------------------------------------------------------ persistence
+    def state_dict(self, model: nn.Module) -> Dict[str, Dict[str, torch.Tensor]]:
+        """Masks by layer and ``"<module path>.<param>"`` (``module.`` prefixes dropped)."""
+        names = {m: strip_module_prefix(n) for n, m in model.named_modules()}
+        out: Dict[str, Dict[str, torch.Tensor]] = {}
+        for layer, masks in self._layers.items():
+            out[layer] = {f"{names[mod]}.{name}".lstrip("."): keep.cpu().clone()
+                          for (mod, name), keep in masks.items() if mod in names}
+        return out
+
+    def load_state_dict(self, model: nn.Module, state: Dict[str, Dict[str, torch.Tensor]]) -> None:
+        """Restore masks saved by :meth:`state_dict` onto ``model`` and zero the weights."""
+        modules = {strip_module_prefix(n): m for n, m in model.named_modules()}
+        self.clear()
+        for layer, masks in state.items():
+            for path, keep in masks.items():
+                mod_name, _, name = path.rpartition(".")
+                module = modules.get(mod_name)
+                if module is None or not isinstance(getattr(module, name, None), torch.Tensor):
+                    raise ValueError(f"saved mask for '{path}' matches no parameter of the "
+                                     "model; was the checkpoint saved from another model?")
+                self.update(layer, module, name, keep)
