@@ -227,3 +227,11 @@ def test_random_file_text_never_crashes(tmp_path_factory, text: str) -> None:
         load_config(folder)
     except PruningConfigError as err:
         assert "pruning_config.json" in str(err)
+
+
+def test_configuration_reference_is_up_to_date() -> None:
+    from torch_pruning.pat.config_docs import config_reference_markdown
+
+    page = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
+    assert page.read_text() == config_reference_markdown(), (
+        "regenerate with: python -m torch_pruning.pat config-docs > docs/configuration.md")

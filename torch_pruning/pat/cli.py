@@ -1,7 +1,8 @@
 """Command line: ``python -m torch_pruning.pat <command>``.
 
 Commands:
-    schema      print the JSON Schema of pruning_config.json
+    schema       print the JSON Schema of pruning_config.json
+    config-docs  print the configuration reference (markdown)
 """
 
 from __future__ import annotations
@@ -21,9 +22,18 @@ def _schema(args: argparse.Namespace) -> int:
     return 0
 
 
+def _config_docs(args: argparse.Namespace) -> int:
+    from .config_docs import config_reference_markdown
+
+    sys.stdout.write(config_reference_markdown())
+    return 0
+
+
 #: name -> (help, argument setup, handler); other modules register more commands here.
 COMMANDS: Dict[str, tuple] = {
     "schema": ("print the JSON Schema of pruning_config.json", lambda p: None, _schema),
+    "config-docs": ("print the configuration reference (docs/configuration.md)", lambda p: None,
+                    _config_docs),
 }
 
 
