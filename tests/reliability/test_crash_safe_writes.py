@@ -1,0 +1,60 @@
+"""A process killed while writing the config leaves the old or the new file, never a mix."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from torch_pruning.pat.config_io import load_config, write_state
+
+ROOT = Path(__file__).resolve().parents[2]
+
+_WRITER = """
+import sys
+sys.path.insert(0, {root!r})
+from torch_pruning.pat.config_io import write_state
+path = {path!r}
+i = 0
+print("ready", flush=True)
+while True:  # rewrite the state as fast as possible until killed
+    i += 1
+    write_state(path, "channel_sparsity_args", {{"log_str": "x" * (i % 5000), "reach_mac_target": bool(i % 2)}})
+"""
+
+CONFIG = {"channel_sparsity_args": {"start_epoch": 0, "end_epoch": 3, "global_prune_rate": 0.5,
+                                    "layers": ["conv1"], "user_note_kept": None}}
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("delay", [0.05, 0.2, 0.5])
+def test_kill_during_write_leaves_a_valid_config(tmp_path: Path, delay: float) -> None:
+    data = json.loads(json.dumps(CONFIG))
+    del data["channel_sparsity_args"]["user_note_kept"]
+    path = tmp_path / "pruning_config.json"
+    path.write_text(json.dumps(data, indent=4))
+    proc = subprocess.Popen([sys.executable, "-c", _WRITER.format(root=str(ROOT), path=str(path))],
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    time.sleep(delay)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    after = json.loads(path.read_text())  # parses: never a torn file
+    section = after["channel_sparsity_args"]
+    assert {k: section[k] for k in data["channel_sparsity_args"]} == data["channel_sparsity_args"]
+    assert load_config(tmp_path).channel.layers == ["conv1"]
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name != "pruning_config.json"]
+    assert all(name.startswith(".pruning_config.json.") for name in leftovers)
+
+
+def test_write_state_only_on_rank_zero(tmp_path: Path, monkeypatch) -> None:
+    path = tmp_path / "pruning_config.json"
+    path.write_text(json.dumps(CONFIG))
+    monkeypatch.setattr("torch_pruning.pat.config_io.is_rank_zero", lambda: False)
+    assert write_state(path, "channel_sparsity_args", {"reach_mac_target": True}) is False
+    assert json.loads(path.read_text()) == CONFIG
