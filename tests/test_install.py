@@ -27,24 +27,32 @@ def _run(cmd, cwd, check=True) -> subprocess.CompletedProcess:
     return out
 
 
+def _site(env_dir: Path) -> Path:
+    return Path(sysconfig.get_paths(vars={"base": str(env_dir), "platbase": str(env_dir)})["purelib"])
+
+
+def _venv_with_upstream(env_dir: Path) -> Path:
+    """A fresh venv seeing this environment's torch, with its own upstream torch-pruning."""
+    _run([sys.executable, "-m", "venv", "--without-pip", str(env_dir)], cwd=env_dir.parent)
+    # torch & co. come from this environment, *after* the new venv's own site-packages
+    (_site(env_dir) / "zz_base_env.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    fetch = _run([sys.executable, "-m", "pip", "--python", _py(env_dir), "install", "-q",
+                  "--no-deps", "--ignore-installed", "torch-pruning==1.6.1"],
+                 cwd=env_dir.parent, check=False)
+    if fetch.returncode != 0:
+        pytest.skip(f"cannot install torch-pruning==1.6.1 from the package index: {fetch.stderr[-300:]}")
+    return env_dir
+
+
 @pytest.fixture(scope="module")
 def venv(tmp_path_factory) -> Path:
-    """A fresh venv seeing this environment's torch, with its own upstream torch-pruning."""
+    """The fresh venv with our wheel installed beside upstream."""
     base = tmp_path_factory.mktemp("install")
     wheels = base / "wheels"
     _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
           "-w", str(wheels), str(ROOT)], cwd=base)
-    env_dir = base / "venv"
-    _run([sys.executable, "-m", "venv", "--without-pip", str(env_dir)], cwd=base)
-    site = Path(sysconfig.get_paths(vars={"base": str(env_dir), "platbase": str(env_dir)})["purelib"])
-    # torch & co. come from this environment, *after* the new venv's own site-packages
-    (site / "zz_base_env.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    py = env_dir / "bin" / "python"
-    fetch = _run([sys.executable, "-m", "pip", "--python", str(py), "install", "-q", "--no-deps",
-                  "--ignore-installed", "torch-pruning==1.6.1"], cwd=base, check=False)
-    if fetch.returncode != 0:
-        pytest.skip(f"cannot install torch-pruning==1.6.1 from the package index: {fetch.stderr[-300:]}")
-    _run([sys.executable, "-m", "pip", "--python", str(py), "install", "-q", "--no-deps",
+    env_dir = _venv_with_upstream(base / "venv")
+    _run([sys.executable, "-m", "pip", "--python", _py(env_dir), "install", "-q", "--no-deps",
           str(next(wheels.glob("*.whl")))], cwd=base)
     return env_dir
 
@@ -74,3 +82,15 @@ def test_upstream_reinstall_keeps_and_uninstall_removes_pat(venv: Path, tmp_path
     out = _run([_py(venv), "-c", _PLAIN], cwd=tmp_path).stdout.split()
     assert out[1:] == ["False", "DependencyGraph"]
     assert not (Path(out[0]).parent / "pat").exists()
+
+
+def test_editable_style_install_warns_that_upstream_won(tmp_path: Path) -> None:
+    """What `pip install -e .` leaves: the startup hook, but pat outside upstream's package."""
+    env_dir = _venv_with_upstream(tmp_path / "venv")
+    site = _site(env_dir)
+    (site / "_torch_pruning_pat_hook.py").write_text(
+        (ROOT / "torch_pruning" / "pat" / "_startup_hook.py").read_text())
+    (site / "torch_pruning_pat.pth").write_text("import _torch_pruning_pat_hook\n")
+    out = _run([_py(env_dir), "-c", _PLAIN], cwd=tmp_path)
+    assert out.stdout.split()[1:] == ["False", "DependencyGraph"]
+    assert "editable install (pip install -e) cannot shadow an installed package" in out.stderr
