@@ -17,19 +17,21 @@ from types import ModuleType
 from typing import Any, Dict
 
 __all__ = ["Pruning", "load_state_dict_pruned", "PruningConfigError", "PruningConfig",
-           "CheckpointError", "MaskSet", "attach"]
+           "CheckpointError", "MaskSet", "optimizer_state_matches", "attach"]
 
 _LAZY: Dict[str, str] = {
     "Pruning": ".facade",
     "load_state_dict_pruned": ".checkpoint",
     "CheckpointError": ".checkpoint",
+    "optimizer_state_matches": ".checkpoint",
     "PruningConfigError": ".config_io",
     "PruningConfig": ".config",
     "MaskSet": ".masks",
 }
 
 # Names attached to ``torch_pruning`` and ``torch_pruning.utils`` when it is imported.
-_ATTACHED = ("Pruning", "load_state_dict_pruned", "PruningConfigError", "CheckpointError")
+_ATTACHED = ("Pruning", "load_state_dict_pruned", "PruningConfigError", "CheckpointError",
+             "optimizer_state_matches")
 
 
 def __getattr__(name: str) -> Any:
