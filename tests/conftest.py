@@ -8,8 +8,12 @@ from pathlib import Path
 from typing import Any, Callable, Dict
 
 import pytest
+import torch
 
 os.environ.setdefault("MPLBACKEND", "Agg")
+# Test models are small: one thread is fastest and immune to a busy 2-core machine
+# (two threads under load made small models 30-60x slower here).
+torch.set_num_threads(1)
 
 try:
     from hypothesis import settings

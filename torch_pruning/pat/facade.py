@@ -15,6 +15,7 @@ Example (the five lines a training script adds)::
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 from pathlib import Path
@@ -85,7 +86,9 @@ def normalize_forward_fn(forward_fn: Optional[Callable[..., Any]],
         return None
     owners = {id(model), id(unwrap_model(model))}
     if inspect.ismethod(forward_fn) and id(forward_fn.__self__) in owners:
-        return lambda _model, inputs: _call_with(forward_fn, inputs)
+        # re-bind to whichever model is run, so copies (e.g. for MAC counting) run themselves
+        method = forward_fn.__func__
+        return lambda m, inputs: _call_with(functools.partial(method, unwrap_model(m)), inputs)
     try:
         params = [p for p in inspect.signature(forward_fn).parameters.values()
                   if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
@@ -171,6 +174,18 @@ class Pruning:
             return
         self.device = torch.device(device) if device is not None else model_device(model)
         source = str(loaded.path) if loaded.path else "<config>"
+        try:
+            self._build_pruners(model, loaded, forward_fn, example_inputs, source, log)
+        except PruningConfigError as err:  # name the file in errors found against the model
+            if err.source:
+                raise
+            raise PruningConfigError(str(err), source=source, field=err.field) from None
+        if loaded.channel is None and loaded.slice is None:
+            emit(f"{source}: both channel and slice pruning are off.", log)
+
+    def _build_pruners(self, model: nn.Module, loaded: Any, forward_fn: Optional[Callable[..., Any]],
+                       example_inputs: Optional[Inputs], source: str,
+                       log: Optional[UserLog]) -> None:
         if loaded.channel is not None:
             from .channel_pruner import ChannelPruner
 
@@ -184,8 +199,6 @@ class Pruning:
             from .slice_pruner import SlicePruner
 
             self.slice_pruner = SlicePruner(model, loaded.slice, masks=self.masks, log=log)
-        if loaded.channel is None and loaded.slice is None:
-            emit(f"{source}: both channel and slice pruning are off.", log)
 
     @property
     def enabled(self) -> bool:

@@ -1,0 +1,403 @@
+"""The channel pruner: grouped importance, regularization, exact masks, MAC target, removal.
+
+The :class:`~torch_pruning.pat.facade.Pruning` facade builds one :class:`ChannelPruner` from
+``channel_sparsity_args`` and calls it from the user's loop::
+
+    loss.backward(); pruner.channel_regularize(model); optimizer.step()   # every step
+    pruner.prune(model, epoch, log=logger)                                # every epoch end
+    if pruner.channel_pruner.reset_optimizer: ...                         # after removal
+
+Lifecycle: *masking* (each scheduled epoch, the lowest-importance channels of each group are
+masked — zero in every coupled parameter, kept zero by :class:`~torch_pruning.pat.masks.MaskSet`)
+until the MACs of the masked model are at most ``mac_target`` of the original; then the state is
+written to the config file and, with ``prune_at_target``, the masked channels are removed
+physically through upstream's group pruning. After that ``prune()`` only logs the summary.
+
+Example:
+    >>> masks = MaskSet()
+    >>> pruner = ChannelPruner(model, cfg, example_inputs=torch.randn(1, 3, 32, 32),
+    ...                        masks=masks)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional, Tuple
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from ._log import UserLog, emit
+from ._model import unwrap_model
+from .channel_regularizer import ChannelRegularizer
+from .config import ChannelSparsityArgs, PruningMethod
+from .config_io import write_state
+from .groups import build_graph, keep_masks, log_groups, select_groups
+from .importance import make_importance
+from .macs import MacCounter
+from .masks import MaskSet
+from .schedule import ChannelSchedule
+from .selection import SelectionRules, select_units
+
+__all__ = ["ChannelPruner"]
+
+logger = logging.getLogger(__name__)
+
+SECTION = "channel_sparsity_args"
+LAYER = "channel"
+_Plan = Dict[int, torch.Tensor]
+
+
+def _fmt(n: float) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.3f}{unit}"
+    return f"{n:.0f}"
+
+
+class ChannelPruner:
+    """Prunes the channels of dependency groups to a MAC budget during training.
+
+    Args:
+        model: the model (DDP/DataParallel wrappers are unwrapped).
+        cfg: the validated ``channel_sparsity_args``.
+        example_inputs: inputs for tracing and MAC counting (tensor, list/tuple or dict).
+        forward_fn: upstream-form ``fn(model, inputs)`` to run the model, or None.
+        masks: the shared :class:`MaskSet`; this pruner owns its ``"channel"`` layer.
+        config_path: the ``pruning_config.json`` the state fields are written back to.
+        log: a user log receiving the same lines as the ``torch_pruning.pat`` logger.
+
+    Attributes:
+        reset_optimizer: set True after a physical removal; the user re-creates the optimizer
+            and sets it back to False.
+        reached_target: True once the target is met (or the config says it was).
+
+    Example:
+        >>> cfg = ChannelSparsityArgs(start_epoch=0, end_epoch=4, global_prune_rate=0.8,
+        ...                           mac_target=0.5)
+        >>> pruner = ChannelPruner(model, cfg, example_inputs=torch.randn(1, 3, 32, 32),
+        ...                        masks=MaskSet())  # doctest: +SKIP
+        >>> pruner.prune(model, 0); pruner.macs() < pruner.base_macs  # doctest: +SKIP
+        True
+    """
+
+    def __init__(self, model: nn.Module, cfg: ChannelSparsityArgs, *, example_inputs: Any,
+                 forward_fn: Optional[Callable[[nn.Module, Any], Any]] = None, masks: MaskSet,
+                 config_path: Optional[Path] = None, log: Optional[UserLog] = None) -> None:
+        self.cfg = cfg
+        self.masks = masks
+        self.config_path = Path(config_path) if config_path is not None else None
+        self.log = log
+        self.example_inputs = example_inputs
+        self.forward_fn = forward_fn
+        self.schedule = ChannelSchedule.from_config(cfg)
+        self.rules = SelectionRules(cfg.block_size, cfg.max_pruning_rate, cfg.global_pruning,
+                                    cfg.isomorphic)
+        self.reset_optimizer = False
+        self.reached_target = bool(cfg.reach_mac_target)
+        self.groups: list = []
+        self.regularizer: Optional[ChannelRegularizer] = None
+        self._model = unwrap_model(model)
+        self._summary = cfg.log_str
+        self._pruned: _Plan = {}
+        self._ratio = 0.0
+        self._last_epoch: Optional[int] = None
+        self._removed = False
+        self._base: Optional[Tuple[float, int]] = None
+        self._source = str(self.config_path) if self.config_path else "<config>"
+        if self.reached_target:
+            emit(f"{self._source}: reach_mac_target is true, so channel pruning is finished: "
+                 "the model keeps the reduced shapes loaded with load_state_dict_pruned and "
+                 "prune() only logs the stored summary.", log, logger=logger)
+            return
+        self._build(self._model, announce=cfg.verbose >= 1)
+
+    # ------------------------------------------------------------------ construction
+    def _build(self, model: nn.Module, announce: bool) -> None:
+        cfg = self.cfg
+        self.graph = build_graph(model, self.example_inputs, self.forward_fn)
+        groups = select_groups(model, self.graph, cfg.layers, source=self._source,
+                               log=self.log if announce else None)
+        self._counter: Optional[MacCounter] = None  # built on first use (it traces once more)
+        needs_costs = cfg.regularize.mac_reg > 0 or (
+            cfg.pruning_method == PruningMethod.MAC_AWARE and cfg.MAC_params.use_macs)
+        cost = {g.root: self.counter.cost(dep.target.module for _, dep, _, _ in g.items)
+                for g in groups} if needs_costs else {}
+        self.importance = make_importance(cfg.pruning_method, costs=cost, params=cfg.MAC_params)
+        accepts = getattr(self.importance, "accepts", None)
+        unranked = [g.source for g in groups
+                    if not (accepts(g.group) if accepts else self.importance(g.group) is not None)]
+        if unranked:
+            emit(f"{cfg.pruning_method.value} cannot rank these groups (no layer it scores); "
+                 f"they are not pruned: {unranked}", self.log, logging.WARNING, logger)
+        self.groups = [g for g in groups if g.source not in unranked]
+        for number, g in enumerate(self.groups, 1):
+            g.number = number
+        if announce:
+            log_groups(self.groups, self.log)
+        if not self.groups:
+            emit(f"{SECTION}.layers selects no prunable group: channel pruning does nothing.",
+                 self.log, logging.WARNING, logger)
+        self._pruned = {g.number: torch.zeros(g.units, dtype=torch.bool) for g in self.groups}
+        reg = cfg.regularize
+        self.regularizer = None
+        if not cfg.infer and (reg.reg > 0 or reg.mac_reg > 0):
+            self.regularizer = ChannelRegularizer(
+                self.groups, cfg.pruning_method, reg=reg.reg, mac_reg=reg.mac_reg,
+                gamma=reg.gamma, costs={g.number: cost.get(g.root, 0.0) for g in self.groups})
+
+    @property
+    def counter(self) -> MacCounter:
+        """The MAC counter of the model in its current shapes (built on first use)."""
+        if self._counter is None:
+            self._counter = MacCounter(self._model, self.example_inputs, self.forward_fn)
+            if self._base is None:
+                self._base = (self._counter.base_macs, self._counter.base_params)
+        return self._counter
+
+    # ------------------------------------------------------------------ per step
+    def regularize(self, model: nn.Module) -> None:
+        """Add the channel penalty's gradient; call after ``loss.backward()``.
+
+        A no-op with ``infer``, with ``reg == mac_reg == 0`` and once the target is reached.
+        """
+        if self.reached_target or self.regularizer is None:
+            return
+        self.regularizer.apply(self._pruned)
+
+    # ------------------------------------------------------------------ per epoch
+    def prune(self, model: nn.Module, epoch: int, log: Optional[UserLog] = None) -> None:
+        """Epoch-end step: mask more channels on schedule, finish at the target."""
+        log = log if log is not None else self.log
+        if self.reached_target:
+            emit(self._summary or "Channel pruning reached its target.", log, logger=logger)
+            return
+        if not self.groups:
+            return
+        if self.cfg.prune_channels_at_init or self.cfg.infer:
+            self._one_shot(model, epoch, log)
+            return
+        if not self.schedule.is_step(epoch) or (self._last_epoch is not None
+                                               and epoch <= self._last_epoch):
+            return
+        plan, ratio, met = self._select(self.schedule.ratio(epoch))
+        reached = met or (self.cfg.mac_target == 0 and self.schedule.is_last_step(epoch))
+        plan, reached = self._agree(plan, reached)
+        self._commit(plan, ratio, epoch, log)
+        if reached:
+            self._finish(model, epoch, log, physical=self.cfg.prune_at_target)
+        elif self.schedule.is_last_step(epoch):
+            emit(f"Channel pruning schedule ended at epoch {epoch} with MACs at "
+                 f"{self._count(self._pruned)[0] / self.base_macs:.2%} of the original, above "
+                 f"mac_target {self.cfg.mac_target:.2%}: raise {SECTION}.global_prune_rate or "
+                 "call channel_pruner.remove_masked_channels(model).", log, logging.WARNING,
+                 logger)
+
+    def _one_shot(self, model: nn.Module, epoch: int, log: Optional[UserLog]) -> None:
+        plan, ratio, met = self._select(self.cfg.global_prune_rate)
+        if self.cfg.mac_target > 0 and not met:
+            emit(f"global_prune_rate {ratio} leaves MACs above mac_target "
+                 f"{self.cfg.mac_target}; pruning to the rate.", log, logging.WARNING, logger)
+        plan, _ = self._agree(plan, True)
+        self._commit(plan, ratio, epoch, log)
+        self._finish(model, epoch, log, physical=True)
+
+    # ------------------------------------------------------------------ selection helpers
+    def _scores(self) -> Dict[int, torch.Tensor]:
+        scores = {}
+        for g in self.groups:
+            s = self.importance(g.group)
+            s = s.detach().float().cpu() if s is not None else torch.zeros(g.channels)
+            scores[g.number] = s.view(g.ch_groups, -1).mean(0) if g.ch_groups > 1 else s
+        return scores
+
+    def _channels(self, plan: _Plan) -> _Plan:
+        return {g.number: g.expand_units(plan[g.number]) for g in self.groups}
+
+    def _select(self, ratio: float) -> Tuple[_Plan, float, bool]:
+        """The plan at ``ratio`` and whether it meets the MAC target; a plan that meets it is
+        replaced by the one between the current ratio and ``ratio`` that lands just under it."""
+        scores = self._scores()
+        plan = select_units(self.groups, scores, self._pruned, ratio, self.rules)
+        target = self._target_macs()
+        if target is None or self._count(plan)[0] > target:
+            return plan, ratio, False
+        plan, ratio = self._land_on_target(scores, self._ratio, ratio, plan, target)
+        return plan, ratio, True
+
+    def _count(self, plan: _Plan) -> Tuple[float, int]:
+        return self.counter.count_groups(self.groups, self._channels(plan))
+
+    def _target_macs(self) -> Optional[float]:
+        return self.cfg.mac_target * self.base_macs if self.cfg.mac_target > 0 else None
+
+    def _land_on_target(self, scores: Dict[int, torch.Tensor], lo: float, hi: float,
+                        hi_plan: _Plan, target: float) -> Tuple[_Plan, float]:
+        """The plan between ratios ``lo`` and ``hi`` whose MACs are just at/under ``target``."""
+        lo_macs = self._count(self._pruned)[0]
+        if lo_macs <= target:
+            return dict(self._pruned), lo
+        best, best_ratio, hi_macs = hi_plan, hi, self._count(hi_plan)[0]
+        for _ in range(16):
+            if hi_macs >= 0.99 * target or hi - lo < 1e-6:
+                break
+            frac = (lo_macs - target) / max(lo_macs - hi_macs, 1e-12)
+            mid = lo + (hi - lo) * min(max(frac, 0.1), 0.9)
+            plan = select_units(self.groups, scores, self._pruned, mid, self.rules)
+            macs = self._count(plan)[0]
+            if macs <= target:
+                best, best_ratio, hi, hi_macs = plan, mid, mid, macs
+            else:
+                lo, lo_macs = mid, macs
+        return best, best_ratio
+
+    def _agree(self, plan: _Plan, reached: bool) -> Tuple[_Plan, bool]:
+        """Under torch.distributed: the union of every rank's plan (identical in practice)."""
+        if not (dist.is_available() and dist.is_initialized()) or not self.groups:
+            return plan, reached
+        device = (torch.device("cuda", torch.cuda.current_device())
+                  if dist.get_backend() == "nccl" else torch.device("cpu"))
+        flat = torch.cat([plan[g.number] for g in self.groups] + [torch.tensor([reached])])
+        flat = flat.to(device=device, dtype=torch.int32)
+        dist.all_reduce(flat, op=dist.ReduceOp.MAX)
+        parts = flat.cpu().bool().split([g.units for g in self.groups] + [1])
+        return {g.number: p for g, p in zip(self.groups, parts)}, bool(parts[-1])
+
+    # ------------------------------------------------------------------ masks and state
+    def _commit(self, plan: _Plan, ratio: float, epoch: int, log: Optional[UserLog]) -> None:
+        new = {n: plan[n] & ~self._pruned[n] for n in plan}
+        self._pruned, self._ratio, self._last_epoch = plan, ratio, epoch
+        self._apply_masks()
+        if self.cfg.verbose >= 1:
+            macs = self._count(plan)[0]
+            masked = sum(int(self._channels(plan)[g.number].sum()) for g in self.groups)
+            total = sum(g.channels for g in self.groups)
+            target = f", target {self.cfg.mac_target:.2%}" if self.cfg.mac_target > 0 else ""
+            emit(f"Epoch {epoch}: channel ratio {ratio:.4f}, {masked}/{total} channels masked, "
+                 f"MACs {_fmt(macs)} ({macs / self.base_macs:.2%} of original{target})", log,
+                 logger=logger)
+        if self.cfg.verbose >= 2:
+            for g in self.groups:
+                idx = g.expand_units(new[g.number]).nonzero().flatten().tolist()
+                if idx:
+                    emit(f"Group {g.number} ({g.source}): pruned channels {idx}", log,
+                         logger=logger)
+
+    def _apply_masks(self) -> None:
+        for (module, name), keep in keep_masks(self.groups, self._channels(self._pruned)).items():
+            self.masks.update(LAYER, module, name, keep)
+
+    def _finish(self, model: nn.Module, epoch: int, log: Optional[UserLog],
+                physical: bool) -> None:
+        self._summary = self._make_summary(epoch)
+        self.reached_target = True
+        try:
+            write_state(self.config_path, SECTION,
+                        {"reach_mac_target": True, "log_str": self._summary})
+        except OSError as e:
+            emit(f"could not write the pruning state to {self.config_path}: {e}", log,
+                 logging.WARNING, logger)
+        emit(self._summary, log, logger=logger)
+        if physical:
+            self.remove_masked_channels(model, log=log)
+
+    def _make_summary(self, epoch: int) -> str:
+        macs, params = self._count(self._pruned)
+        base_macs, base_params = self.base_macs, self._base[1]
+        target = (f"target {self.cfg.mac_target:.2%}" if self.cfg.mac_target > 0
+                  else "no MAC target")
+        lines = [(f"Channel pruning summary ({self.cfg.pruning_method.value}, epoch {epoch}, "
+                  f"channel ratio {self._ratio:.4f}):"),
+                 (f"MACs: {_fmt(base_macs)} -> {_fmt(macs)} ({macs / base_macs:.2%} of "
+                  f"original; {target})"),
+                 f"Params: {_fmt(base_params)} -> {_fmt(params)}",
+                 "Channels kept per group (source conv: kept/original):"]
+        channels = self._channels(self._pruned)
+        lines += [f"{g.source}: {g.channels - int(channels[g.number].sum())}/{g.channels}"
+                  for g in self.groups]
+        return "\n".join(lines)
+
+    def remove_masked_channels(self, model: nn.Module, log: Optional[UserLog] = None) -> None:
+        """Physically remove every masked channel (upstream group pruning), then rebuild.
+
+        Shapes shrink, every mask is re-indexed, the dependency graph is traced again and
+        :attr:`reset_optimizer` becomes True: re-create the optimizer (and a DDP wrapper).
+        Use it after a run with ``prune_at_target: false``.
+        """
+        model = unwrap_model(model)
+        macs = self._count(self._pruned)[0]  # equals the count after removal (tested)
+        removed = 0
+        for g, gone in zip(self.groups, self._channels(self._pruned).values()):
+            idxs = gone.nonzero().flatten().tolist()
+            if idxs:
+                g.group.prune(idxs)
+                removed += len(idxs)
+        self.masks.reindex(LAYER)
+        self._build(model, announce=False)
+        self._removed = True
+        self.reset_optimizer = True
+        emit(f"Physically removed {removed} channels: MACs now {_fmt(macs)} "
+             f"({macs / self.base_macs:.2%} of original). Re-create the "
+             "optimizer (channel_pruner.reset_optimizer is True).", log or self.log,
+             logger=logger)
+
+    # ------------------------------------------------------------------ reporting
+    @property
+    def base_macs(self) -> float:
+        """MACs of the model the pruner was built on (before any pruning)."""
+        if self._base is None:
+            if hasattr(self, "graph"):
+                _ = self.counter  # building the counter records the base counts
+            else:
+                counter = MacCounter(self._model, self.example_inputs, self.forward_fn)
+                self._base = (counter.base_macs, counter.base_params)
+        return self._base[0]
+
+    def macs(self) -> float:
+        """MACs of the model now, counting masked channels as removed."""
+        if not hasattr(self, "graph"):  # finished at construction: count the model as it is
+            return MacCounter(self._model, self.example_inputs, self.forward_fn).base_macs
+        return self._count(self._pruned)[0]
+
+    def summary(self) -> str:
+        """The pruning summary (``log_str``): the stored one once the target is reached."""
+        if self.reached_target and self._summary:
+            return self._summary
+        return self._make_summary(self._last_epoch if self._last_epoch is not None else -1)
+
+    def state_dict(self) -> Dict[str, Any]:
+        """Pruned channels per group, schedule progress and the reached flag."""
+        return {"version": 1, "reached": self.reached_target, "removed": self._removed,
+                "summary": self._summary, "ratio": self._ratio, "last_epoch": self._last_epoch,
+                "base": self._base,
+                "pruned_units": {g.source: self._pruned[g.number].nonzero().flatten().clone()
+                                 for g in self.groups}}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` output (after loading the model weights)."""
+        if not state:
+            return
+        self._summary = state.get("summary", self._summary)
+        self._base = state.get("base") or self._base
+        self._ratio, self._last_epoch = state.get("ratio", 0.0), state.get("last_epoch")
+        self.reached_target = self.reached_target or bool(state.get("reached"))
+        self._removed = bool(state.get("removed"))
+        if self._removed:  # the model is loaded in its final shapes: nothing left to mask
+            self.groups, self._pruned, self.regularizer = [], {}, None
+            self._counter = None
+            return
+        if state.get("pruned_units") and not hasattr(self, "graph"):
+            self._build(self._model, announce=False)  # masks kept in place (prune_at_target false)
+        by_source = {g.source: g for g in self.groups}
+        pruned = {g.number: torch.zeros(g.units, dtype=torch.bool) for g in self.groups}
+        for source, units in state.get("pruned_units", {}).items():
+            if source not in by_source:
+                raise ValueError(f"the saved channel-pruner state has group '{source}', which "
+                                 f"is not among the selected groups {list(by_source)}; was it "
+                                 f"saved with another {SECTION}.layers or model?")
+            pruned[by_source[source].number][torch.as_tensor(units, dtype=torch.long)] = True
+        self._pruned = pruned
+        self.masks.clear(LAYER)
+        self._apply_masks()

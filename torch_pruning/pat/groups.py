@@ -1,0 +1,394 @@
+"""Dependency groups of the channel pruner: tracing, layer selection and coupled parameters.
+
+Upstream's :class:`~torch_pruning.dependency.DependencyGraph` is built once from the example
+inputs (:func:`build_graph`); the groups rooted at the configured ``layers`` are selected from it
+(:func:`select_groups`). Each :class:`ChannelGroup` keeps upstream's group (for importance and
+physical removal) plus a flat list of :class:`ParamSlice` — *which positions of which parameter
+belong to which root channel* — that masks, regularization and MAC counting share.
+
+Example:
+    >>> net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 1))
+    >>> DG = build_graph(net, torch.randn(1, 3, 8, 8))
+    >>> [g.source for g in select_groups(net, DG, ["0"])]
+    ['0']
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from torch_pruning import ops
+from torch_pruning.dependency import Dependency, DependencyGraph, Group
+from torch_pruning.pruner import function as F
+from torch_pruning.utils import flatten_as_list
+
+from ._log import UserLog, emit
+from .config_io import PruningConfigError
+from .masks import strip_module_prefix
+
+__all__ = ["ParamSlice", "ChannelGroup", "build_graph", "resolve_layers", "select_groups",
+           "log_groups", "call_model", "keep_masks"]
+
+logger = logging.getLogger(__name__)
+
+LAYERS_FIELD = "channel_sparsity_args.layers"
+_ROOT_TYPES = (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)
+
+
+def call_model(model: nn.Module, inputs: Any) -> Any:
+    """Run ``model`` on example inputs: a tensor, a list/tuple of tensors, or a dict.
+
+    Used as the tracing ``forward_fn`` when the user gives none. Upstream's default calls
+    ``model(*inputs)`` first and falls back on any error, which unpacks a single batch-1 tensor
+    into an *unbatched* sample (see ``tests/test_channel_pruner.py::test_upstream_unpacks``).
+    """
+    if isinstance(inputs, dict):
+        return model(**inputs)
+    if isinstance(inputs, (list, tuple)):
+        return model(*inputs)
+    return model(inputs)
+
+
+def build_graph(model: nn.Module, example_inputs: Any,
+                forward_fn: Optional[Callable[[nn.Module, Any], Any]] = None) -> DependencyGraph:
+    """Trace ``model`` into upstream's DependencyGraph without side effects on the model.
+
+    Upstream's tracing switches the model to eval mode and leaves it there; every module's
+    ``training`` flag is restored here. Upstream only marks model outputs that come from a
+    non-module op; the graph gets an ``output_modules`` set with the modules whose output *is*
+    a model output, so their channels are never pruned.
+
+    Example:
+        >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 2, 1))
+        >>> build_graph(net, torch.randn(1, 3, 8, 8)).output_modules == {net[2]}
+        True
+    """
+    modes = {m: m.training for m in model.modules()}
+    outputs: List[Any] = []
+
+    def traced(m: nn.Module, inputs: Any) -> Any:
+        out = (forward_fn or call_model)(m, inputs)
+        flat = flatten_as_list(out)
+        outputs.extend(t.grad_fn for t in (flat if isinstance(flat, list) else [flat])
+                       if isinstance(t, torch.Tensor))
+        return out
+
+    try:
+        with torch.enable_grad():
+            graph = DependencyGraph().build_dependency(
+                model, example_inputs=example_inputs, forward_fn=traced, verbose=False)
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
+    graph.output_modules = {m for m, node in graph.module2node.items()
+                            if node.grad_fn is not None and node.grad_fn in outputs}
+    return graph
+
+
+@dataclass(frozen=True)
+class ParamSlice:
+    """Positions ``index`` along ``dim`` of ``module.<name>`` belong to root channels ``roots``.
+
+    Example:
+        >>> s = ParamSlice(nn.Conv2d(4, 2, 1), "weight", 1, torch.arange(4), torch.arange(4))
+        >>> s.is_full()
+        True
+    """
+
+    module: nn.Module
+    name: str
+    dim: int
+    index: torch.Tensor
+    roots: torch.Tensor
+
+    @property
+    def param(self) -> torch.Tensor:
+        """The live parameter (looked up each time: physical pruning replaces parameters)."""
+        return getattr(self.module, self.name)
+
+    def is_full(self) -> bool:
+        """True when the slice covers the whole dimension in order (a fast path)."""
+        size = self.param.shape[self.dim]
+        return self.index.numel() == size and bool(
+            (self.index == torch.arange(size, device=self.index.device)).all())
+
+
+@dataclass
+class ChannelGroup:
+    """One prunable group: its root conv, upstream group, and coupled parameter slices.
+
+    Example:
+        >>> g = select_groups(net, graph, "all")[0]  # doctest: +SKIP
+        >>> g.source, g.dependencies, g.channels  # doctest: +SKIP
+        ('layer1.0.conv1', ['layer1.0.conv2'], 64)
+    """
+
+    number: int
+    source: str
+    root: nn.Module
+    group: Group
+    channels: int
+    ch_groups: int
+    slices: List[ParamSlice]
+    dependencies: List[str]
+    module_names: List[str]
+    items: List[Tuple[str, Dependency, torch.Tensor, torch.Tensor]] = field(repr=False)
+
+    @property
+    def units(self) -> int:
+        """Channels ranked independently (``channels // ch_groups``)."""
+        return self.channels // self.ch_groups
+
+    def expand_units(self, unit_mask: torch.Tensor) -> torch.Tensor:
+        """A per-unit bool mask as a per-root-channel mask (repeated over channel groups)."""
+        return unit_mask.repeat(self.ch_groups)
+
+
+def _long(values: Sequence[int]) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(values, dtype=np.int64))
+
+
+def _is_dummy(dep: Dependency) -> bool:
+    return isinstance(getattr(dep.handler, "__self__", None), ops.DummyPruner)
+
+
+def _slices_of(dep: Dependency, idxs: torch.Tensor,
+               roots: torch.Tensor) -> Optional[List[Tuple[str, int, torch.Tensor, torch.Tensor]]]:
+    """(param name, dim, positions, roots) touched by one dependency; None when unsupported."""
+    m, h = dep.target.module, dep.handler
+    both = [("weight", 0), ("bias", 0)]
+    if h == F.prune_conv_out_channels:
+        if m.transposed and m.groups > 1:
+            return None
+        spec = [("weight", 1 if m.transposed else 0), ("bias", 0)]
+    elif h == F.prune_conv_in_channels:
+        if m.transposed:
+            if m.groups > 1:
+                return None
+            spec = [("weight", 0)]
+        elif m.groups > 1:
+            per_group = m.in_channels // m.groups
+            if idxs.numel() != m.in_channels:
+                return None
+            pos, first = torch.unique(idxs % per_group, return_inverse=True)
+            owner = torch.empty_like(pos).scatter_(0, first.flip(0), roots.flip(0))
+            return [("weight", 1, pos, owner)]
+        else:
+            spec = [("weight", 1)]
+    elif h in (F.prune_depthwise_conv_out_channels, F.prune_linear_out_channels,
+               F.prune_batchnorm_out_channels, F.prune_groupnorm_out_channels,
+               F.prune_instancenorm_out_channels):
+        spec = both
+    elif h == F.prune_linear_in_channels:
+        spec = [("weight", 1)]
+    elif h == F.prune_prelu_out_channels:
+        spec = [("weight", 0)] if m.num_parameters > 1 else []
+    elif h == F.prune_layernorm_out_channels:
+        if m.weight is not None and len(m.normalized_shape) < -dep.target.pruning_dim:
+            return None
+        pd = dep.target.pruning_dim
+        dim = pd if pd >= 0 or m.weight is None else m.weight.dim() + pd
+        spec = [("weight", dim), ("bias", dim)]
+    elif _is_dummy(dep):
+        spec = []
+    else:
+        return None
+    return [(name, dim, idxs, roots) for name, dim in spec
+            if isinstance(getattr(m, name, None), torch.Tensor)]
+
+
+def resolve_layers(model: nn.Module, layers: Union[str, Sequence[str]],
+                   source: str = "") -> List[Tuple[str, nn.Module]]:
+    """The configured ``layers`` as ``(name, module)``; ``"all"`` = every Conv2d.
+
+    Raises :class:`PruningConfigError` naming ``channel_sparsity_args.layers`` for an unknown
+    name (with close matches) or a layer that is not a Conv2d/ConvTranspose2d/Linear.
+
+    Example:
+        >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+        >>> [name for name, _ in resolve_layers(net, "all")]
+        ['0']
+    """
+    named = {strip_module_prefix(n): m for n, m in model.named_modules() if n}
+    prunable = [n for n, m in named.items() if isinstance(m, _ROOT_TYPES)]
+    if layers == "all":
+        return [(n, named[n]) for n in prunable if isinstance(named[n], nn.Conv2d)]
+    out: List[Tuple[str, nn.Module]] = []
+    for raw in layers:
+        name = strip_module_prefix(raw)
+        if name not in named:
+            close = difflib.get_close_matches(name, prunable, n=5, cutoff=0.5) or \
+                difflib.get_close_matches(name, list(named), n=5, cutoff=0.5)
+            hint = (f"; close matches: {', '.join(close)}" if close else
+                    f"; the model's Conv2d layers are: {', '.join(prunable[:20])}"
+                    + (" ..." if len(prunable) > 20 else ""))
+            raise PruningConfigError(f"{LAYERS_FIELD}: no module named '{raw}' in "
+                                     f"{type(model).__name__}{hint}", source=source,
+                                     field=LAYERS_FIELD)
+        if not isinstance(named[name], _ROOT_TYPES):
+            raise PruningConfigError(
+                f"{LAYERS_FIELD}: '{raw}' is a {type(named[name]).__name__}; list Conv2d layers "
+                "(ConvTranspose2d and Linear are accepted too)", source=source,
+                field=LAYERS_FIELD)
+        out.append((name, named[name]))
+    return out
+
+
+def _channel_groups(DG: DependencyGraph, group: Group) -> List[int]:
+    found = []
+    for dep, _ in group:
+        m = dep.target.module
+        pruner = DG.get_pruner_of_module(m) if isinstance(m, nn.Module) else None
+        if pruner is None or (isinstance(m, ops.TORCH_CONV) and m.groups == m.out_channels):
+            continue
+        n = (pruner.get_out_channel_groups(m) if DG.is_out_channel_pruning_fn(dep.handler)
+             else pruner.get_in_channel_groups(m))
+        if n > 1:
+            found.append(n)
+    return found
+
+
+def _build_group(DG: DependencyGraph, name: str, module: nn.Module,
+                 names: Dict[nn.Module, str]) -> Tuple[Optional[ChannelGroup], str]:
+    pruner = DG.get_pruner_of_module(module)
+    channels = pruner.get_out_channels(module)
+    group = DG.get_pruning_group(module, pruner.prune_out_channels, list(range(channels)))
+    ch = _channel_groups(DG, group)
+    ch_groups = max(ch) if ch else 1
+    if any(n != ch_groups for n in ch) or channels % ch_groups:
+        return None, f"grouped layers with different group counts {sorted(set(ch))}"
+    slices: List[ParamSlice] = []
+    items, deps, mods = [], [], []
+    for item in group:
+        dep = item.dep
+        if dep.target.type == ops.OPTYPE.OUTPUT or (
+                DG.is_out_channel_pruning_fn(dep.handler)
+                and dep.target.module in getattr(DG, "output_modules", ())):
+            return None, "its channels are outputs of the model"
+        idxs, roots = _long(item.idxs), _long(item.root_idxs)
+        found = _slices_of(dep, idxs, roots)
+        target = names.get(dep.target.module) if isinstance(dep.target.module, nn.Module) else None
+        if found is None or (found and target is None):
+            label = target or getattr(dep.target, "name", str(dep.target))
+            return None, f"{label} ({type(dep.target.module).__name__}) cannot be masked"
+        if target is None:
+            continue
+        items.append((target, dep, idxs, roots))
+        slices += [ParamSlice(dep.target.module, p, d, i, r) for p, d, i, r in found]
+        if target not in mods:
+            mods.append(target)
+        if target != name and isinstance(dep.target.module, _ROOT_TYPES) and target not in deps:
+            deps.append(target)
+    order = {n: i for i, n in enumerate(names.values())}
+    deps.sort(key=lambda n: order.get(n, 0))
+    return ChannelGroup(0, name, module, group, channels, ch_groups, slices, deps, mods,
+                        items), ""
+
+
+def select_groups(model: nn.Module, DG: DependencyGraph, layers: Union[str, Sequence[str]], *,
+                  source: str = "", log: Optional[UserLog] = None) -> List[ChannelGroup]:
+    """The dependency groups rooted at the configured layers, in model order, numbered from 1.
+
+    A layer whose channels are already in an earlier group joins that group. Layers that cannot
+    be pruned (channels that are model outputs, layers upstream cannot mask, layers the traced
+    forward never reached) are reported by name and skipped.
+
+    Example:
+        >>> net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 1), nn.Flatten())
+        >>> [g.source for g in select_groups(net, build_graph(net, torch.randn(1, 3, 8, 8)), "all")]
+        ['0']
+    """
+    names = {m: strip_module_prefix(n) for n, m in model.named_modules()}
+    explicit = layers != "all"
+    groups: List[ChannelGroup] = []
+    owner: Dict[nn.Module, ChannelGroup] = {}
+    skipped: List[str] = []
+    for name, module in resolve_layers(model, layers, source):
+        if module in owner:
+            if explicit:
+                emit(f"{name} is coupled with {owner[module].source}: pruned as group "
+                     f"{owner[module].number}", log, logger=logger)
+            continue
+        if module not in DG.module2node:
+            skipped.append(f"{name}: not reached by the traced forward")
+            continue
+        group, why = _build_group(DG, name, module, names)
+        if group is not None and group.units < (2 if group.ch_groups == 1 else 3):
+            # also keeps upstream's GroupMagnitudeImportance away from grouped convs with one
+            # input channel per group, where it raises IndexError (tests/test_channel_pruner.py)
+            group, why = None, (f"only {group.channels} channel(s) in {group.ch_groups} "
+                                "channel group(s): nothing left to prune")
+        if group is None:
+            skipped.append(f"{name}: {why}")
+            continue
+        group.number = len(groups) + 1
+        groups.append(group)
+        for dep, _ in group.group:
+            if DG.is_out_channel_pruning_fn(dep.handler):
+                owner.setdefault(dep.target.module, group)
+    if skipped:
+        emit("Channel pruning skips these layers:\n  " + "\n  ".join(skipped), log,
+             level=logging.WARNING if explicit else logging.INFO, logger=logger)
+    return groups
+
+
+def log_groups(groups: Sequence[ChannelGroup], log: Optional[UserLog] = None) -> None:
+    """Log every group in the seed's format, then the summary line.
+
+    Example output::
+
+        *************
+        Group number 1:
+        Source conv: layer1.conv1
+        Dependencies:
+        layer1.conv2
+        *************
+        There are 1 groups of layers, with the following source convs:
+        ['layer1.conv1']
+    """
+    for g in groups:
+        lines = ["*************", f"Group number {g.number}:", f"Source conv: {g.source}",
+                 "Dependencies:"] + (g.dependencies or ["(none)"])
+        emit("\n".join(lines), log, logger=logger)
+    emit("*************", log, logger=logger)
+    emit(f"There are {len(groups)} groups of layers, with the following source convs:\n"
+         f"{[g.source for g in groups]}", log, logger=logger)
+
+
+@torch.no_grad()
+def keep_masks(groups: Sequence[ChannelGroup],
+               pruned: Dict[int, torch.Tensor]) -> Dict[Tuple[nn.Module, str], torch.Tensor]:
+    """Keep-masks (broadcastable bool tensors) of every parameter coupled to a pruned channel.
+
+    ``pruned`` maps group numbers to bool tensors over root channels. A parameter coupled to
+    several groups (output channels in one, input slices in another) gets the AND of both.
+
+    Example:
+        >>> masks = keep_masks(groups, {1: torch.tensor([True, False, False, False])})  # doctest: +SKIP
+        >>> masks[(conv, "weight")].shape  # doctest: +SKIP
+        torch.Size([4, 1, 1, 1])
+    """
+    keeps: Dict[Tuple[nn.Module, str], torch.Tensor] = {}
+    for g in groups:
+        gone = pruned.get(g.number)
+        if gone is None or not bool(gone.any()):
+            continue
+        for s in g.slices:
+            hit = gone[s.roots]
+            if not bool(hit.any()):
+                continue
+            param = s.param
+            along = torch.ones(param.shape[s.dim], dtype=torch.bool)
+            along[s.index[hit]] = False
+            shape = [1] * param.dim()
+            shape[s.dim] = -1
+            key = (s.module, s.name)
+            keeps[key] = along.view(shape) if key not in keeps else keeps[key] & along.view(shape)
+    return keeps
