@@ -3,6 +3,9 @@
 Commands:
     schema       print the JSON Schema of pruning_config.json
     config-docs  print the configuration reference (markdown)
+    inspect      list Conv2d layers, dependency groups and MACs; write a starter config
+    validate     dry-run a pruning_config.json on a model
+    analyze      plot channel L2 norms across a run's checkpoints (same as analyze.py)
 """
 
 from __future__ import annotations
@@ -35,6 +38,11 @@ COMMANDS: Dict[str, tuple] = {
     "config-docs": ("print the configuration reference (docs/configuration.md)", lambda p: None,
                     _config_docs),
 }
+
+from . import analyze as _analyze, inspect_model as _inspect_model  # noqa: E402
+
+_inspect_model.register(COMMANDS)
+_analyze.register(COMMANDS)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -57,7 +57,7 @@ def _type_name(field: Any) -> str:
 
 
 def _table(model: Type[BaseModel], prefix: str, required: List[str]) -> List[str]:
-    rows = [f"| field | type | default | allowed | meaning |", "|---|---|---|---|---|"]
+    rows = ["| field | type | default | allowed | meaning |", "|---|---|---|---|---|"]
     for name, field in model.model_fields.items():
         default = "required" if name in required else _default(field)
         rows.append(f"| `{prefix}{name}` | {_type_name(field)} | {default} | "

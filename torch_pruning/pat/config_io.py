@@ -12,7 +12,6 @@ import difflib
 import json
 import logging
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 from pydantic import BaseModel, ValidationError
 
+from ._io import atomic_write_text
 from ._log import emit, is_rank_zero
 from .config import (DEPRECATED_KEYS, REQUIRED_WHEN_ENABLED, ChannelSparsityArgs,
                      PruningConfig, SliceSparsityArgs)
@@ -226,27 +226,6 @@ def load_config(source: ConfigSource) -> Optional[LoadedConfig]:
     if not path.exists():
         return None
     return LoadedConfig(validate_config(_read_json(path), str(path)), path)
-
-
-def atomic_write_text(path: Union[str, "os.PathLike[str]"], text: str) -> None:
-    """Write ``text`` to ``path`` atomically (temp file in the same folder, fsync, rename).
-
-    A reader, or a process killed mid-write, sees the old file or the new one, never a mix.
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        if path.exists():
-            os.chmod(tmp, path.stat().st_mode & 0o777)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _indent_of(text: str) -> int:

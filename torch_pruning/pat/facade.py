@@ -19,7 +19,7 @@ import functools
 import inspect
 import logging
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -29,6 +29,9 @@ from ._model import model_device, unwrap_model
 from .config import ChannelSparsityArgs
 from .config_io import CONFIG_FILENAME, ConfigSource, PruningConfigError, load_config
 from .masks import MaskSet
+
+if TYPE_CHECKING:
+    from .report import PruningReport
 
 __all__ = ["Pruning", "InertPruner", "normalize_forward_fn", "make_example_inputs"]
 
@@ -161,6 +164,9 @@ class Pruning:
                  device: Optional[Union[str, torch.device]] = None,
                  example_inputs: Optional[Inputs] = None) -> None:
         self.log = log
+        self.model = unwrap_model(model)
+        self.example_inputs: Optional[Inputs] = None
+        self._before: Optional[list] = None
         self.masks = MaskSet()
         self.channel_pruner: Any = InertPruner()
         self.slice_pruner: Any = InertPruner()
@@ -191,6 +197,11 @@ class Pruning:
 
             inputs = (_to_device(example_inputs, self.device) if example_inputs is not None
                       else make_example_inputs(loaded.channel, self.device, source))
+            self.example_inputs = inputs
+            if not loaded.channel.reach_mac_target:  # the "before" of the pruning report
+                from .report import layer_stats
+
+                self._before = layer_stats(self.model, inputs)
             self.channel_pruner = ChannelPruner(
                 model, loaded.channel, example_inputs=inputs,
                 forward_fn=normalize_forward_fn(forward_fn, model), masks=self.masks,
@@ -220,8 +231,32 @@ class Pruning:
     def prune(self, model: nn.Module, epoch: int, log: Optional[UserLog] = None) -> None:
         """Run the epoch-end pruning step of both pruners (masking, or physical removal)."""
         log = log if log is not None else self.log
+        was_reached = self.channel_pruner.reached_target
         self.channel_pruner.prune(model, epoch, log=log)
         self.slice_pruner.prune(model, epoch, log=log)
+        if self.channel_pruner.reached_target and not was_reached and self._before is not None \
+                and self.config is not None and self.config.path is not None:
+            self.report().save(self.config.path.parent, log=log)
+
+    def report(self) -> "PruningReport":
+        """The pruning report: per layer channels, MACs and params before/after, slice sparsity.
+
+        Saved as ``pruning_report.txt`` and ``.png`` beside the config when the MAC target is
+        met; call ``pruner.report().save(folder)`` or ``.text()`` any time.
+
+        Example:
+            >>> print(pruner.report().text())  # doctest: +SKIP
+        """
+        from .report import PruningReport, layer_stats
+
+        if self.example_inputs is None or self._before is None:
+            raise RuntimeError(
+                "the pruning report needs the channel pruner's example inputs from the start of "
+                "the run: enable channel_sparsity_args (with input_shape, or pass example_inputs "
+                "to Pruning) before any channel was removed")
+        after = layer_stats(self.model, self.example_inputs, self.masks)  # masked = removed
+        sparsity = self.slice_pruner.sparsity() if hasattr(self.slice_pruner, "sparsity") else None
+        return PruningReport(self._before, after, sparsity)
 
     def state_dict(self) -> Dict[str, Any]:
         """The pruners' state, to save in a training checkpoint beside the model.

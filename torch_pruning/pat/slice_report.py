@@ -30,7 +30,7 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 
 import torch
 
-from .config_io import atomic_write_text
+from ._io import atomic_write_text
 from .slice_layout import SliceLayout
 
 __all__ = ["LayerSlices", "EXPORT_FORMAT", "EXPORT_VERSION", "slice_sparsity",
