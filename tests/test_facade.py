@@ -42,19 +42,51 @@ def _train(model, pruner, epochs=2, log=None):
     return model
 
 
+class ListLog:
+    """A user log object: anything with ``.info`` receives the library's lines."""
+
+    def __init__(self) -> None:
+        self.lines: list = []
+
+    def info(self, msg: str) -> None:
+        self.lines.append(msg)
+
+
 def test_missing_config_leaves_training_untouched(tmp_path, caplog) -> None:
     reference = _train(_net(), None)
     model = _net()
-    user_log = logging.getLogger("user")
+    user_log = ListLog()
     with caplog.at_level(logging.INFO):
         pruner = tp.utils.Pruning(model, tmp_path, None, user_log, "cpu")
     lines = [r for r in caplog.records if "pruning is disabled" in r.getMessage()]
-    assert len(lines) == 2  # once on torch_pruning.pat, once on the user's log
-    assert {r.name for r in lines} == {"torch_pruning.pat", "user"}
+    assert [r.name for r in lines] == ["torch_pruning.pat"]
+    assert len(user_log.lines) == 1 and "pruning is disabled" in user_log.lines[0]
     assert not pruner.enabled
     _train(model, pruner, log=user_log)
     for (name, a), b in zip(model.state_dict().items(), reference.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+def test_user_logger_sharing_root_handlers_gets_each_line_once(tmp_path, caplog) -> None:
+    user_logger = logging.getLogger("user.train")  # propagates to root, like basicConfig users
+    with caplog.at_level(logging.INFO):
+        tp.Pruning(_net(), tmp_path, log=user_logger)
+    assert len([r for r in caplog.records if "pruning is disabled" in r.getMessage()]) == 1
+
+
+def test_user_logger_with_its_own_handler_gets_the_lines(tmp_path) -> None:
+    user_logger = logging.getLogger("user.private")
+    user_logger.propagate = False
+    user_logger.setLevel(logging.INFO)
+    seen = ListLog()
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.info(record.getMessage())
+    user_logger.addHandler(handler)
+    try:
+        tp.Pruning(_net(), tmp_path, log=user_logger)
+    finally:
+        user_logger.removeHandler(handler)
+    assert any("pruning is disabled" in line for line in seen.lines)
 
 
 def test_disabled_regularizer_is_zero_on_model_device(tmp_path) -> None:

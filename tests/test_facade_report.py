@@ -69,3 +69,12 @@ def test_report_without_channel_pruning_says_what_it_needs(write_config) -> None
     pruner = tp.Pruning(SmallCNN(), folder)
     with pytest.raises(RuntimeError, match="needs the channel pruner's example inputs"):
         pruner.report()
+
+
+def test_mismatched_block_sizes_warn_at_construction(write_config, caplog) -> None:
+    config = {"channel_sparsity_args": dict(CONFIG["channel_sparsity_args"], block_size=2),
+              "slice_sparsity_args": CONFIG["slice_sparsity_args"]}
+    with caplog.at_level("WARNING", logger="torch_pruning.pat"):
+        tp.Pruning(SmallCNN(), write_config(config))
+    assert any("block_size (2) is not a multiple of slice_sparsity_args.block_size (4)"
+               in r.getMessage() for r in caplog.records)

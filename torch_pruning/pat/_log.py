@@ -36,9 +36,38 @@ def is_rank_zero() -> bool:
     return get_rank() == 0
 
 
+def _handlers(logger: logging.Logger) -> set:
+    """Every handler a record logged on ``logger`` reaches (following ``propagate``)."""
+    found: set = set()
+    current: Optional[logging.Logger] = logger
+    while current is not None:
+        found.update(current.handlers)
+        if not current.propagate:
+            break
+        current = current.parent  # type: ignore[assignment]
+    return found
+
+
+def _already_reached(log: Any, logger: logging.Logger, level: int) -> bool:
+    """True when the user's ``log`` is a Logger whose handlers the library's line reaches anyway.
+
+    Then sending the line to ``log`` too would only print it twice (e.g. both propagate to a
+    root handler configured by ``logging.basicConfig``).
+    """
+    if log is logger:
+        return True
+    if not isinstance(log, logging.Logger):
+        return False
+    theirs = _handlers(log)
+    return logger.isEnabledFor(level) and bool(theirs) and theirs <= _handlers(logger)
+
+
 def emit(msg: str, log: Optional[UserLog] = None, level: int = logging.INFO,
          logger: logging.Logger = _logger) -> None:
     """Log ``msg`` on rank 0 through ``logger`` and, if given, the user's ``log``.
+
+    A user ``log`` that is a :class:`logging.Logger` writing to the same handlers as the
+    library logger is not called again, so each line appears once.
 
     Example:
         >>> emit("Group number 1:")  # goes to logging.getLogger("torch_pruning.pat")
@@ -46,7 +75,7 @@ def emit(msg: str, log: Optional[UserLog] = None, level: int = logging.INFO,
     if not is_rank_zero():
         return
     logger.log(level, msg)
-    if log is not None and log is not logger and level >= logging.INFO:
+    if log is not None and not _already_reached(log, logger, level) and level >= logging.INFO:
         if level >= logging.WARNING and hasattr(log, "warning"):
             log.warning(msg)
         else:
