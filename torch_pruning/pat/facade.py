@@ -188,6 +188,13 @@ class Pruning:
             raise PruningConfigError(str(err), source=source, field=err.field) from None
         if loaded.channel is None and loaded.slice is None:
             emit(f"{source}: both channel and slice pruning are off.", log)
+        elif loaded.channel is not None and loaded.slice is not None \
+                and loaded.channel.block_size % loaded.slice.block_size:
+            emit(f"{source}: channel_sparsity_args.block_size ({loaded.channel.block_size}) is not "
+                 f"a multiple of slice_sparsity_args.block_size ({loaded.slice.block_size}): "
+                 "after channel pruning, layers whose filter counts do not fill whole slice "
+                 "blocks are skipped by slice pruning; make it a multiple to slice-prune them.",
+                 log, logging.WARNING, logger)
 
     def _build_pruners(self, model: nn.Module, loaded: Any, forward_fn: Optional[Callable[..., Any]],
                        example_inputs: Optional[Inputs], source: str,
