@@ -79,3 +79,9 @@ def test_missing_upstream_says_what_to_install(monkeypatch) -> None:
     monkeypatch.setattr(_upstream.metadata, "distribution", missing)
     with pytest.raises(ImportError, match=r"needs upstream Torch-Pruning; run: pip install"):
         _upstream.upstream_package_dir()
+
+
+def test_upstream_dunder_names_and_no_private_leftovers() -> None:
+    assert tp.__version__ == metadata.version("torch-pruning")
+    assert tp.__author__ and "@" in tp.__email__
+    assert not hasattr(tp, "_upstream_package_dir") and not hasattr(tp, "_upstream_metadata")

@@ -18,11 +18,14 @@ from .pruner import *  # noqa: E402,F401,F403
 from .pruner import importance  # noqa: E402,F401
 from .serialization import save, load, state_dict, load_state_dict  # noqa: E402,F401
 from . import ops  # noqa: E402,F401
-from .pat._upstream import upstream_version as _upstream_version  # noqa: E402
+from .pat._upstream import upstream_metadata as _upstream_metadata  # noqa: E402
 
-__version__ = _upstream_version()
+# Upstream's own dunder names, from its distribution metadata (its __init__ is never read).
+# __version__ is the installed release (upstream 1.6.1's __init__ still says "1.6.0").
+__version__, __author__, __email__ = _upstream_metadata()
 
 # PAT names, also attached to upstream's ``torch_pruning.utils``.
 from . import pat  # noqa: E402
 
 pat.attach(__import__(__name__))
+del _upstream_package_dir, _upstream_metadata

@@ -6,7 +6,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Tuple
 
-__all__ = ["SUPPORTED", "upstream_package_dir", "upstream_version", "check_upstream_version"]
+__all__ = ["SUPPORTED", "upstream_package_dir", "upstream_version", "upstream_metadata",
+           "check_upstream_version"]
 
 #: The upstream releases this package is tested with: ``>=1.6.1,<1.7``.
 SUPPORTED: Tuple[Tuple[int, ...], Tuple[int, ...]] = ((1, 6, 1), (1, 7))
@@ -58,3 +59,9 @@ def upstream_package_dir() -> Path:
 def upstream_version() -> str:
     """The installed upstream ``torch-pruning`` version string, from its metadata."""
     return metadata.version("torch-pruning")
+
+
+def upstream_metadata() -> Tuple[str, str, str]:
+    """``(__version__, __author__, __email__)`` of upstream, from its distribution metadata."""
+    meta = metadata.metadata("torch-pruning")
+    return meta["Version"], meta.get("Author") or "", meta.get("Author-email") or ""
