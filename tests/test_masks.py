@@ -135,3 +135,24 @@ def test_random_masks_stay_exactly_zero(seed: int, density: float, opt: str) -> 
     assert worst == 0.0
     _train(model, OPTIMIZERS[opt](model.parameters()), 8)
     assert _masked_values(masks) == (count, 0.0)
+
+
+def test_a_stale_mask_never_breaks_an_optimizer_step(caplog) -> None:
+    """A model reshaped behind the pruner's back (e.g. a checkpoint loaded with
+    load_state_dict_pruned after Pruning was built) must not fail any optimizer's step."""
+    import logging
+
+    conv = nn.Conv2d(3, 4, 3)
+    masks = MaskSet()
+    keep = torch.ones_like(conv.weight, dtype=torch.bool)
+    keep[0] = False
+    masks.update("channel", conv, "weight", keep)
+    conv.weight = nn.Parameter(torch.randn(2, 3, 3, 3))  # reshaped elsewhere
+    other = nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(list(other.parameters()) + [conv.weight], lr=0.1)
+    other(torch.ones(1, 2)).sum().backward()
+    with caplog.at_level(logging.WARNING, logger="torch_pruning.pat"):
+        optimizer.step()  # the global post-step hook runs here
+    assert any("the stale mask is dropped" in r.getMessage() for r in caplog.records)
+    assert masks.effective(conv, "weight") is None
+    assert conv.weight.abs().sum() > 0  # the new weights were not zeroed by the old mask

@@ -1,4 +1,5 @@
-"""A process killed while writing the config leaves the old or the new file, never a mix."""
+"""A process killed while writing the config (or a report) leaves the old or the new file,
+never a mix."""
 
 from __future__ import annotations
 
@@ -52,9 +53,40 @@ def test_kill_during_write_leaves_a_valid_config(tmp_path: Path, delay: float) -
     assert all(name.startswith(".pruning_config.json.") for name in leftovers)
 
 
+@pytest.mark.timeout(30)
 def test_write_state_only_on_rank_zero(tmp_path: Path, monkeypatch) -> None:
     path = tmp_path / "pruning_config.json"
     path.write_text(json.dumps(CONFIG))
     monkeypatch.setattr("torch_pruning.pat.config_io.is_rank_zero", lambda: False)
     assert write_state(path, "channel_sparsity_args", {"reach_mac_target": True}) is False
     assert json.loads(path.read_text()) == CONFIG
+
+
+_REPORT_WRITER = """
+import sys
+sys.path.insert(0, {root!r})
+from torch_pruning.pat._io import atomic_write_bytes
+payloads = [b"a" * 200_000, b"b" * 700_000]  # like pruning_report.png / .txt rewrites
+print("ready", flush=True)
+i = 0
+while True:
+    i += 1
+    atomic_write_bytes({path!r}, payloads[i % 2])
+"""
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("delay", [0.05, 0.3])
+def test_kill_during_a_report_write_leaves_a_whole_file(tmp_path: Path, delay: float) -> None:
+    """Every file the library writes (reports, slice exports, latency tables) goes through
+    ``_io.atomic_write_bytes``: a SIGKILL leaves one whole version."""
+    path = tmp_path / "pruning_report.png"
+    path.write_bytes(b"a" * 200_000)
+    proc = subprocess.Popen([sys.executable, "-c", _REPORT_WRITER.format(root=str(ROOT),
+                                                                         path=str(path))],
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    time.sleep(delay)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert path.read_bytes() in (b"a" * 200_000, b"b" * 700_000)

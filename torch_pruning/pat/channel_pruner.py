@@ -31,11 +31,13 @@ from torch import nn
 
 from ._log import UserLog, emit
 from ._model import unwrap_model
+from .channel_progress import ProgressWatch
 from .channel_regularizer import ChannelRegularizer
 from .config import ChannelSparsityArgs, PruningMethod
 from .config_io import write_state
 from .groups import build_graph, keep_masks, log_groups, select_groups
 from .importance import make_importance
+from .latency import LatencyCost, load_or_measure
 from .macs import MacCounter
 from .masks import MaskSet
 from .schedule import ChannelSchedule
@@ -107,12 +109,15 @@ class ChannelPruner:
         self._removed = False
         self._base: Optional[Tuple[float, int]] = None
         self._source = str(self.config_path) if self.config_path else "<config>"
+        self._watch = ProgressWatch()
         if self.reached_target:
             emit(f"{self._source}: reach_mac_target is true, so channel pruning is finished: "
                  "the model keeps the reduced shapes loaded with load_state_dict_pruned and "
                  "prune() only logs the stored summary.", log, logger=logger)
             return
         self._build(self._model, announce=cfg.verbose >= 1)
+        if cfg.cost == "latency" and self.groups:
+            _ = self.cost_model  # time the layers now, on the model as given (unpruned)
 
     # ------------------------------------------------------------------ construction
     def _build(self, model: nn.Module, announce: bool) -> None:
@@ -123,7 +128,8 @@ class ChannelPruner:
         self._counter: Optional[MacCounter] = None  # built on first use (it traces once more)
         needs_costs = cfg.regularize.mac_reg > 0 or (
             cfg.pruning_method == PruningMethod.MAC_AWARE and cfg.MAC_params.use_macs)
-        cost = {g.root: self.counter.cost(dep.target.module for _, dep, _, _ in g.items)
+        self._cost_model: Any = None  # MacCounter, or LatencyCost with cost "latency"
+        cost = {g.root: self.cost_model.cost(dep.target.module for _, dep, _, _ in g.items)
                 for g in groups} if needs_costs else {}
         self.importance = make_importance(cfg.pruning_method, costs=cost, params=cfg.MAC_params)
         accepts = getattr(self.importance, "accepts", None)
@@ -171,6 +177,8 @@ class ChannelPruner:
     def prune(self, model: nn.Module, epoch: int, log: Optional[UserLog] = None) -> None:
         """Epoch-end step: mask more channels on schedule, finish at the target."""
         log = log if log is not None else self.log
+        if self.regularizer is not None:  # rank afresh each epoch: resumable bit for bit
+            self.regularizer.restart()
         if self.reached_target:
             emit(self._summary or "Channel pruning reached its target.", log, logger=logger)
             return
@@ -185,12 +193,14 @@ class ChannelPruner:
         plan, ratio, met = self._select(self.schedule.ratio(epoch))
         reached = met or (self.cfg.mac_target == 0 and self.schedule.is_last_step(epoch))
         plan, reached = self._agree(plan, reached)
+        if not reached:
+            self._watch_progress(plan, ratio, epoch, log)
         self._commit(plan, ratio, epoch, log)
         if reached:
             self._finish(model, epoch, log, physical=self.cfg.prune_at_target)
         elif self.schedule.is_last_step(epoch):
             emit(f"Channel pruning schedule ended at epoch {epoch} with MACs at "
-                 f"{self._count(self._pruned)[0] / self.base_macs:.2%} of the original, above "
+                 f"{self._cost(self._pruned) / self.base_cost:.2%} of the original, above "
                  f"mac_target {self.cfg.mac_target:.2%}: raise {SECTION}.global_prune_rate or "
                  "call channel_pruner.remove_masked_channels(model).", log, logging.WARNING,
                  logger)
@@ -203,6 +213,14 @@ class ChannelPruner:
         plan, _ = self._agree(plan, True)
         self._commit(plan, ratio, epoch, log)
         self._finish(model, epoch, log, physical=True)
+
+    def _watch_progress(self, plan: _Plan, ratio: float, epoch: int,
+                        log: Optional[UserLog]) -> None:
+        """Warn once if the target is out of reach, once if a step masks nothing."""
+        for msg in self._watch.check(epoch, ratio, plan, self._pruned, self.groups, self.rules,
+                                     self.cfg, scores=self._scores,
+                                     macs=lambda p: self._cost(p) / self.base_cost):
+            emit(msg, log, logging.WARNING, logger)
 
     # ------------------------------------------------------------------ selection helpers
     def _scores(self) -> Dict[int, torch.Tensor]:
@@ -222,7 +240,7 @@ class ChannelPruner:
         scores = self._scores()
         plan = select_units(self.groups, scores, self._pruned, ratio, self.rules)
         target = self._target_macs()
-        if target is None or self._count(plan)[0] > target:
+        if target is None or self._cost(plan) > target:
             return plan, ratio, False
         plan, ratio = self._land_on_target(scores, self._ratio, ratio, plan, target)
         return plan, ratio, True
@@ -230,23 +248,54 @@ class ChannelPruner:
     def _count(self, plan: _Plan) -> Tuple[float, int]:
         return self.counter.count_groups(self.groups, self._channels(plan))
 
+    def _cost(self, plan: _Plan) -> float:
+        """What ``mac_target`` measures for ``plan``: MACs, or estimated latency (ms)."""
+        if self.cost_model is self.counter:
+            return self._count(plan)[0]
+        return self.cost_model.count_groups(self.groups, self._channels(plan))[0]
+
+    @property
+    def cost_model(self) -> Any:
+        """The MAC counter, or with ``cost: "latency"`` a :class:`~.latency.LatencyCost`
+        (layers timed once on the model's device, cached beside the config)."""
+        if getattr(self, "_cost_model", None) is None:
+            self._cost_model = self.counter
+            if self.cfg.cost == "latency":
+                if getattr(self, "_per_ms", None) is None:
+                    folder = self.config_path.parent if self.config_path is not None else None
+                    table = load_or_measure(self._model, self.example_inputs, self.forward_fn,
+                                            folder=folder, log=self.log)
+                    self._per_ms = table.per_mac(self._model)
+                self._cost_model = LatencyCost(self.counter, self._per_ms)
+                if getattr(self, "_base_cost", None) is None:
+                    self._base_cost = self._cost_model.base_macs
+        return self._cost_model
+
+    @property
+    def base_cost(self) -> float:
+        """``base_macs``, or with ``cost: "latency"`` the original estimated latency (ms)."""
+        if self.cfg.cost != "latency":
+            return self.base_macs
+        _ = self.cost_model
+        return self._base_cost
+
     def _target_macs(self) -> Optional[float]:
-        return self.cfg.mac_target * self.base_macs if self.cfg.mac_target > 0 else None
+        return self.cfg.mac_target * self.base_cost if self.cfg.mac_target > 0 else None
 
     def _land_on_target(self, scores: Dict[int, torch.Tensor], lo: float, hi: float,
                         hi_plan: _Plan, target: float) -> Tuple[_Plan, float]:
         """The plan between ratios ``lo`` and ``hi`` whose MACs are just at/under ``target``."""
-        lo_macs = self._count(self._pruned)[0]
+        lo_macs = self._cost(self._pruned)
         if lo_macs <= target:
             return dict(self._pruned), lo
-        best, best_ratio, hi_macs = hi_plan, hi, self._count(hi_plan)[0]
+        best, best_ratio, hi_macs = hi_plan, hi, self._cost(hi_plan)
         for _ in range(16):
             if hi_macs >= 0.99 * target or hi - lo < 1e-6:
                 break
             frac = (lo_macs - target) / max(lo_macs - hi_macs, 1e-12)
             mid = lo + (hi - lo) * min(max(frac, 0.1), 0.9)
             plan = select_units(self.groups, scores, self._pruned, mid, self.rules)
-            macs = self._count(plan)[0]
+            macs = self._cost(plan)
             if macs <= target:
                 best, best_ratio, hi, hi_macs = plan, mid, mid, macs
             else:
@@ -314,6 +363,11 @@ class ChannelPruner:
                   f"original; {target})"),
                  f"Params: {_fmt(base_params)} -> {_fmt(params)}",
                  "Channels kept per group (source conv: kept/original):"]
+        if self.cfg.cost == "latency":
+            ms = self._cost(self._pruned)
+            lines.insert(2, f"Estimated latency: {self.base_cost:.3f} ms -> {ms:.3f} ms "
+                            f"({ms / self.base_cost:.2%} of original; cost \"latency\": the "
+                            "target above measures latency)")
         channels = self._channels(self._pruned)
         lines += [f"{g.source}: {g.channels - int(channels[g.number].sum())}/{g.channels}"
                   for g in self.groups]
@@ -328,6 +382,8 @@ class ChannelPruner:
         """
         model = unwrap_model(model)
         macs = self._count(self._pruned)[0]  # equals the count after removal (tested)
+        params_before = {(m, n): p for m in model.modules()
+                         for n, p in m.named_parameters(recurse=False)}
         removed = 0
         for g, gone in zip(self.groups, self._channels(self._pruned).values()):
             idxs = gone.nonzero().flatten().tolist()
@@ -335,6 +391,11 @@ class ChannelPruner:
                 g.group.prune(idxs)
                 removed += len(idxs)
         self.masks.reindex(LAYER)
+        #: old Parameter -> (new Parameter, kept indices per dim), for carry_optimizer_state
+        self.replaced_params = {
+            old: (getattr(m, n), self.masks.last_reindex[(m, n)])
+            for (m, n), old in params_before.items()
+            if getattr(m, n) is not old and (m, n) in self.masks.last_reindex}
         self._build(model, announce=False)
         self._removed = True
         self.reset_optimizer = True
@@ -376,28 +437,46 @@ class ChannelPruner:
                                  for g in self.groups}}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
-        """Restore :meth:`state_dict` output (after loading the model weights)."""
+        """Restore :meth:`state_dict` output (after loading the model weights).
+
+        The saved state is the truth: a config file that says ``reach_mac_target`` while the
+        state is from before the target (the job died between the write-back and its next
+        checkpoint) resumes pruning. A state that does not fit the selected groups raises
+        ValueError before anything changes.
+        """
         if not state:
             return
+        reached, removed = bool(state.get("reached")), bool(state.get("removed"))
+        if not removed:  # validate before changing anything
+            if not hasattr(self, "graph") and (not reached or state.get("pruned_units")):
+                self._build(self._model, announce=False)  # from the model and config only
+            pruned = self._pruned_from(state.get("pruned_units", {}))
+        if self.reached_target and not reached:
+            emit(f"{self._source} says reach_mac_target is true, but the checkpoint's pruner "
+                 "state is from before the target was met: channel pruning continues from the "
+                 "checkpoint.", self.log, logger=logger)
         self._summary = state.get("summary", self._summary)
         self._base = state.get("base") or self._base
         self._ratio, self._last_epoch = state.get("ratio", 0.0), state.get("last_epoch")
-        self.reached_target = self.reached_target or bool(state.get("reached"))
-        self._removed = bool(state.get("removed"))
-        if self._removed:  # the model is loaded in its final shapes: nothing left to mask
+        self.reached_target, self._removed = reached, removed
+        if removed:  # the model is loaded in its final shapes: nothing left to mask
             self.groups, self._pruned, self.regularizer = [], {}, None
-            self._counter = None
+            self._counter = self._cost_model = None
             return
-        if state.get("pruned_units") and not hasattr(self, "graph"):
-            self._build(self._model, announce=False)  # masks kept in place (prune_at_target false)
-        by_source = {g.source: g for g in self.groups}
-        pruned = {g.number: torch.zeros(g.units, dtype=torch.bool) for g in self.groups}
-        for source, units in state.get("pruned_units", {}).items():
-            if source not in by_source:
-                raise ValueError(f"the saved channel-pruner state has group '{source}', which "
-                                 f"is not among the selected groups {list(by_source)}; was it "
-                                 f"saved with another {SECTION}.layers or model?")
-            pruned[by_source[source].number][torch.as_tensor(units, dtype=torch.long)] = True
         self._pruned = pruned
         self.masks.clear(LAYER)
         self._apply_masks()
+
+    def _pruned_from(self, saved: Dict[str, Any]) -> _Plan:
+        by_source = {g.source: g for g in self.groups}
+        pruned = {g.number: torch.zeros(g.units, dtype=torch.bool) for g in self.groups}
+        for source, units in saved.items():
+            g, units = by_source.get(source), torch.as_tensor(units, dtype=torch.long)
+            if g is None or (units.numel() and not 0 <= int(units.min()) <= int(units.max())
+                             < g.units):
+                raise ValueError(f"the saved channel-pruner state has group '{source}' with "
+                                 f"units {units.tolist()[:8]}, which do not fit the selected "
+                                 f"groups {[(g.source, g.units) for g in self.groups]}; was it "
+                                 f"saved with another {SECTION}.layers or model?")
+            pruned[g.number][units] = True
+        return pruned

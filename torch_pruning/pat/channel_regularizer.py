@@ -22,8 +22,9 @@ values tuned for it carry over:
 Everything is vectorized per parameter: the per-position coefficients of a parameter are
 summed into one broadcastable tensor and applied with one ``addcmul_``. With ``gamma = 1`` the
 coefficients are computed once; with ``gamma > 1`` the channels are re-ranked every
-``refresh_every`` (10) steps and whenever more channels get masked, since ranking reads every
-weight and the ranking moves slowly.
+``refresh_every`` (10) steps, at every epoch end (:meth:`ChannelRegularizer.restart`) and
+whenever more channels get masked, since ranking reads every weight and the ranking moves
+slowly.
 
 Example:
     >>> reg = ChannelRegularizer(groups, PruningMethod.GROUP_NORM, reg=1e-4, mac_reg=0.0,
@@ -135,7 +136,8 @@ class ChannelRegularizer:
         return coef
 
     def _uniform_coefficients(self) -> Dict[_Param, torch.Tensor]:
-        lam = {g.number: torch.full((g.channels,), self.strength[g.number]) for g in self.groups}
+        lam = {g.number: torch.full((g.channels,), self.strength[g.number], dtype=torch.float64)
+               for g in self.groups}  # float64: a huge reg becomes inf in the cast, not an error
         return self._coefficients(lam)
 
     def _per_position(self) -> Dict[_Key, torch.Tensor]:
@@ -181,6 +183,16 @@ class ChannelRegularizer:
                     t = ((hi - imp) / (hi - lo)).clamp(0, 1)
             lam[g.number] = self.strength[g.number] * self.gamma ** t
         return lam
+
+    def restart(self) -> None:
+        """Re-rank the channels at the next step and count ``refresh_every`` from there.
+
+        The channel pruner calls it at every epoch end, so the ranking used in an epoch depends
+        only on the weights at its start: a job resumed from an epoch-end checkpoint regularizes
+        exactly like the uninterrupted one (tests/reliability/test_resume.py).
+        """
+        self._steps = 0
+        self._cached = (None, {})
 
     @torch.no_grad()
     def apply(self, pruned: Mapping[int, torch.Tensor]) -> None:

@@ -31,6 +31,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
 from torch.nn.parameter import is_lazy
 
+from ._log import emit
 from ._model import unwrap_model
 from .checkpoint_rebuild import (RebuildPlan, Shape, UnrebuildableError, apply_plans, find_rule,
                                  module_shapes)
@@ -113,11 +114,13 @@ def load_state_dict_pruned(
         undo()
         raise CheckpointError(f"loading the checkpoint into the rebuilt model failed, so the "
                               f"model's layers were restored: {exc}") from exc
-    if changes:
-        logger.info("load_state_dict_pruned: rebuilt %d module(s) to the checkpoint's shapes: %s",
-                    len(changes), "; ".join(changes[:10]) + (" ..." if len(changes) > 10 else ""))
+    if changes:  # emit: under torch.distributed only rank 0 logs
+        emit(f"load_state_dict_pruned: rebuilt {len(changes)} module(s) to the checkpoint's "
+             f"shapes: {'; '.join(changes[:10])}{' ...' if len(changes) > 10 else ''}",
+             logger=logger)
     else:
-        logger.debug("load_state_dict_pruned: every shape already matched the checkpoint")
+        emit("load_state_dict_pruned: every shape already matched the checkpoint",
+             level=logging.DEBUG, logger=logger)
     return model, list(result.missing_keys), list(result.unexpected_keys)
 
 
@@ -136,6 +139,9 @@ def _read_checkpoint(source: CheckpointSource, map_location: Any
                 f"cannot read checkpoint {name} with torch.load(weights_only=True) (this library "
                 f"never unpickles arbitrary objects; if you trust the file, load it yourself and "
                 f"pass the result): {exc}") from exc
+        except Exception as exc:  # truncated or random bytes fail in many ways (OSError, ...)
+            raise CheckpointError(f"cannot read checkpoint {name}: the file is damaged or not a "
+                                  f"PyTorch checkpoint ({type(exc).__name__}: {exc})") from exc
     obj: Any = source
     for _ in range(4):  # wrappers may nest, e.g. {"model": {"state_dict": ...}}
         if isinstance(obj, nn.Module):

@@ -245,6 +245,28 @@ class Pruning:
                 and self.config is not None and self.config.path is not None:
             self.report().save(self.config.path.parent, log=log)
 
+    def carry_optimizer_state(self, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+        """Keep ``optimizer`` (and its momentum/Adam moments) after a physical removal.
+
+        An alternative to re-creating the optimizer when ``channel_pruner.reset_optimizer`` is
+        true: the optimizer is pointed at the reduced parameters and its per-parameter state
+        is sliced to the surviving channels, so training continues as on the masked model.
+
+        Example:
+            >>> if pruner.channel_pruner.reset_optimizer:             # doctest: +SKIP
+            ...     optimizer = pruner.carry_optimizer_state(optimizer)
+            ...     pruner.channel_pruner.reset_optimizer = False
+        """
+        from .optim_state import carry_optimizer_state
+
+        replaced = getattr(self.channel_pruner, "replaced_params", None)
+        if not replaced:
+            raise RuntimeError("no channels were physically removed yet: there is no optimizer "
+                               "state to carry (call this when channel_pruner.reset_optimizer "
+                               "is true)")
+        carry_optimizer_state(optimizer, replaced)
+        return optimizer
+
     def report(self) -> "PruningReport":
         """The pruning report: per layer channels, MACs and params before/after, slice sparsity.
 
@@ -278,3 +300,10 @@ class Pruning:
         """Restore the state saved by :meth:`state_dict` (load the model weights first)."""
         self.channel_pruner.load_state_dict(state.get("channel", {}))
         self.slice_pruner.load_state_dict(state.get("slice", {}))
+        if self._before is None and self.example_inputs is not None \
+                and not self.channel_pruner.reached_target:
+            # the file said reach_mac_target but the checkpoint is from before: the report's
+            # "before" is the model's shapes now (masks do not change shapes)
+            from .report import layer_stats
+
+            self._before = layer_stats(self.model, self.example_inputs)

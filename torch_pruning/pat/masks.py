@@ -16,6 +16,7 @@ Masks are keyed by module and attribute name (not by ``Parameter`` object), so t
 
 from __future__ import annotations
 
+import logging
 import weakref
 from typing import Dict, Iterator, List, Optional, Tuple
 
@@ -24,6 +25,8 @@ from torch import nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 __all__ = ["MaskSet", "strip_module_prefix"]
+
+logger = logging.getLogger(__name__)
 
 _Key = Tuple[nn.Module, str]
 
@@ -57,6 +60,8 @@ class MaskSet:
         self._effective: Dict[_Key, torch.Tensor] = {}
         #: Incremented whenever any mask or shape changes; lets users cache derived layouts.
         self.version = 0
+        #: After :meth:`reindex`: for each re-shaped ``(module, name)``, the kept indices per dim.
+        self.last_reindex: Dict[_Key, List[torch.Tensor]] = {}
         ref = weakref.ref(self)
 
         def _after_step(optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
@@ -130,7 +135,7 @@ class MaskSet:
         self._effective[key] = eff
 
     # ------------------------------------------------------------------ enforcement
-    def _apply_one(self, key: _Key) -> None:
+    def _apply_one(self, key: _Key, strict: bool = True) -> None:
         module, name = key
         param = getattr(module, name, None)
         if param is None:
@@ -140,18 +145,32 @@ class MaskSet:
             keep = keep.to(param.device)
             self._effective[key] = keep
         if keep.shape != param.shape:
-            raise RuntimeError(
-                f"mask of {type(module).__name__}.{name} has shape {tuple(keep.shape)} but the "
-                f"parameter has {tuple(param.shape)}; was the model changed without "
-                "MaskSet.reindex()?")
+            msg = (f"mask of {type(module).__name__}.{name} has shape {tuple(keep.shape)} but the "
+                   f"parameter has {tuple(param.shape)}: the model was reshaped outside the "
+                   "pruner (e.g. by load_state_dict_pruned after Pruning(...) was built)")
+            if strict:
+                raise RuntimeError(msg + "; build Pruning after loading the checkpoint")
+            # after an optimizer step (any optimizer in the process): never break the user's
+            # step; the stale mask no longer describes this parameter, so it is dropped
+            logger.warning("%s; the stale mask is dropped. Build Pruning after loading the "
+                           "checkpoint.", msg)
+            for masks in self._layers.values():
+                masks.pop(key, None)
+            self._effective.pop(key, None)
+            self.version += 1
+            return
         with torch.no_grad():
             param.masked_fill_(~keep, 0)
 
     @torch.no_grad()
     def apply(self) -> None:
-        """Zero every masked entry (run automatically after each optimizer step)."""
-        for key in self._effective:
-            self._apply_one(key)
+        """Zero every masked entry (run automatically after each optimizer step).
+
+        A mask whose parameter changed shape behind the pruner's back is dropped with a
+        warning instead of failing the optimizer step.
+        """
+        for key in list(self._effective):
+            self._apply_one(key, strict=False)
 
     @torch.no_grad()
     def zero_masked_grads(self) -> None:
@@ -170,6 +189,7 @@ class MaskSet:
         way, then ``channel_layer`` is dropped (its channels no longer exist).
         """
         chan = self._layers.get(channel_layer, {})
+        self.last_reindex = {}
         for key in list(self._effective):
             module, name = key
             param = getattr(module, name, None)
@@ -195,6 +215,7 @@ class MaskSet:
                         f"cannot re-index the mask of {type(module).__name__}.{name}: dim {dim} "
                         f"has {kept.numel()} unmasked entries but the parameter now has {new}")
                 index.append(kept)
+            self.last_reindex[key] = index
             for masks in self._layers.values():
                 if key in masks:
                     m = masks[key]

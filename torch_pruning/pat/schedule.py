@@ -119,7 +119,7 @@ class ChannelSchedule:
         k = self.step_index(epoch)
         if k >= self.n_steps:
             return self.final_ratio
-        return round(self.final_ratio * k / self.n_steps, 12)
+        return round(self.final_ratio * (k / self.n_steps), 12)  # k/n first: epochs may be huge
 
     def ratios(self) -> List[float]:
         """The ratio reached at each step, in order.

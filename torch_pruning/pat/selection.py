@@ -58,7 +58,7 @@ def kept_units(units: int, ch_groups: int, n_prune: int, rules: SelectionRules,
     # channel per group for a depthwise conv and prunes it wrongly
     least = max(1 if ch_groups == 1 else 2,
                 math.ceil(units * (1.0 - rules.max_pruning_rate) - _EPS))
-    least = math.ceil(least / step) * step
+    least = -(-least // step) * step  # integer ceil: block_size may be any int
     wanted = units - max(0, n_prune)
     if wanted < units:
         wanted = (wanted // step) * step
