@@ -106,6 +106,11 @@ class ChannelSparsityArgs(_Section):
     max_pruning_rate: float = _rate(1.0, "Cap on the fraction pruned in any one group.")
     mac_target: float = _rate(0.0, "Fraction of the original MACs that remains (0.7 = 30% "
                                    "reduction); 0 turns the MAC target off.")
+    cost: Literal["macs", "latency"] = Field(
+        "macs", description="What mac_target and MAC_params measure: \"macs\", or \"latency\" "
+                            "(each layer timed once on the model's device, cached in "
+                            "latency_table.json beside this file; mac_target is then a fraction "
+                            "of the estimated latency).")
     prune_at_target: bool = Field(True, description="Physically remove masked channels as soon "
                                                     "as mac_target is met.")
     reach_mac_target: bool = Field(False, description="State: written true when the target "
@@ -125,8 +130,11 @@ class ChannelSparsityArgs(_Section):
     MAC_params: MACParams = Field(default_factory=MACParams,
                                   description="MACAwareImportance settings.")
     layers: Union[Literal["all"], List[str]] = Field(
-        "all", description="Conv2d layers whose groups may be pruned, as in "
-                           "model.named_modules() ('module.' prefix ignored), or \"all\".")
+        "all", description="Layers whose groups may be pruned, as in model.named_modules() "
+                           "('module.' prefix ignored): Conv2d, ConvTranspose2d or Linear (e.g. "
+                           "a transformer block's MLP hidden layer); a MultiheadAttention is "
+                           "logged as not pruned (whole-head pruning is not supported yet). "
+                           "\"all\" selects every Conv2d.")
     input_shape: Optional[Union[Shape, List[Shape]]] = Field(
         None, description="Dummy input shape [B,C,H,W] (or a list of shapes) for graph "
                           "tracing, unless example_inputs is passed to Pruning.")

@@ -40,6 +40,16 @@ logger = logging.getLogger(__name__)
 
 LAYERS_FIELD = "channel_sparsity_args.layers"
 _ROOT_TYPES = (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)
+_ATTENTION = (nn.MultiheadAttention,)
+#: Autograd ops of attention written by hand (q @ k, attn @ v): upstream couples the channels
+#: through them like an elementwise op, which removal does not preserve per head.
+_PRODUCT_OPS = ("BmmBackward", "BaddbmmBackward", "ScaledDotProduct")
+#: Why an attention module listed in ``layers`` is skipped (logged with its name).
+_HEADS_UNSUPPORTED = (
+    "pruning whole attention heads is not supported yet: nn.MultiheadAttention ties every "
+    "head's width to the embedding dimension, and upstream can only shrink head_dim together "
+    "with the embedding, which masks cannot mirror exactly; list the block's MLP Linear "
+    "layers instead")
 
 
 def call_model(model: nn.Module, inputs: Any) -> Any:
@@ -209,7 +219,8 @@ def resolve_layers(model: nn.Module, layers: Union[str, Sequence[str]],
     """The configured ``layers`` as ``(name, module)``; ``"all"`` = every Conv2d.
 
     Raises :class:`PruningConfigError` naming ``channel_sparsity_args.layers`` for an unknown
-    name (with close matches) or a layer that is not a Conv2d/ConvTranspose2d/Linear.
+    name (with close matches) or a layer that is not a Conv2d/ConvTranspose2d/Linear (or a
+    MultiheadAttention, which :func:`select_groups` reports as not pruned).
 
     Example:
         >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
@@ -232,11 +243,11 @@ def resolve_layers(model: nn.Module, layers: Union[str, Sequence[str]],
             raise PruningConfigError(f"{LAYERS_FIELD}: no module named '{raw}' in "
                                      f"{type(model).__name__}{hint}", source=source,
                                      field=LAYERS_FIELD)
-        if not isinstance(named[name], _ROOT_TYPES):
+        if not isinstance(named[name], _ROOT_TYPES + _ATTENTION):
             raise PruningConfigError(
                 f"{LAYERS_FIELD}: '{raw}' is a {type(named[name]).__name__}; list Conv2d layers "
-                "(ConvTranspose2d and Linear are accepted too)", source=source,
-                field=LAYERS_FIELD)
+                "(ConvTranspose2d, Linear and MultiheadAttention are accepted too)",
+                source=source, field=LAYERS_FIELD)
         out.append((name, named[name]))
     return out
 
@@ -260,6 +271,20 @@ def _build_group(DG: DependencyGraph, name: str, module: nn.Module,
     pruner = DG.get_pruner_of_module(module)
     channels = pruner.get_out_channels(module)
     group = DG.get_pruning_group(module, pruner.prune_out_channels, list(range(channels)))
+    attention = [names.get(dep.target.module, "?") for dep, _ in group
+                 if isinstance(dep.target.module, _ATTENTION)]
+    if attention:
+        return None, (f"its channels are the embedding dimension of attention {attention[0]} "
+                      "(MultiheadAttention), which cannot be masked exactly (the attention "
+                      "scale and LayerNorm statistics would change)")
+    products = [dep.target.grad_fn.name() for dep, _ in group
+                if dep.target.grad_fn is not None
+                and any(op in dep.target.grad_fn.name() for op in _PRODUCT_OPS)]
+    if products:
+        return None, (f"its channels pass through a batched matrix product ({products[0]}, "
+                      "e.g. attention's q @ k or attn @ v): removing them would regroup the "
+                      "heads, so masks would not be exact; pruning whole attention heads is "
+                      "not supported yet, list the block's MLP Linear layers instead")
     ch = _channel_groups(DG, group)
     ch_groups = max(ch) if ch else 1
     if any(n != ch_groups for n in ch) or channels % ch_groups:
@@ -306,11 +331,20 @@ def select_groups(model: nn.Module, DG: DependencyGraph, layers: Union[str, Sequ
         ['0']
     """
     names = {m: strip_module_prefix(n) for n, m in model.named_modules()}
+    projections = {m.out_proj: names[m] for m in names if isinstance(m, _ATTENTION)}
     explicit = layers != "all"
     groups: List[ChannelGroup] = []
     owner: Dict[nn.Module, ChannelGroup] = {}
     skipped: List[str] = []
     for name, module in resolve_layers(model, layers, source):
+        if isinstance(module, _ATTENTION):
+            skipped.append(f"{name} ({type(module).__name__}, {module.num_heads} heads): "
+                           f"{_HEADS_UNSUPPORTED}")
+            continue
+        if module in projections:
+            skipped.append(f"{name}: the output projection of attention {projections[module]} "
+                           f"(MultiheadAttention); {_HEADS_UNSUPPORTED}")
+            continue
         if module in owner:
             if explicit:
                 emit(f"{name} is coupled with {owner[module].source}: pruned as group "

@@ -26,7 +26,7 @@ import copy
 import io
 import itertools
 import logging
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -242,14 +242,37 @@ class MacCounter:
                           for (m, h), (_, i) in removal.items())).encode()
         if self._cache[0] == key:
             return self._cache[1]
+        with self._applied(removal):
+            macs, params = count_macs(self._skeleton, self._inputs, self._forward_fn,
+                                      private=True)
+        result = (float(macs), int(params))
+        self._cache = (key, result)
+        return result
+
+    def count_layers(self, removal: Removal) -> Dict[nn.Module, float]:
+        """MACs of every module of the model with ``removal`` applied (keyed by live module).
+
+        Example:
+            >>> counter.count_layers({})[net[0]] == counter.layer_macs[net[0]]  # doctest: +SKIP
+            True
+        """
+        if not removal:
+            return dict(self.layer_macs)
+        with self._applied(removal):
+            layer = count_macs(self._skeleton, self._inputs, self._forward_fn, layer_wise=True,
+                               private=True)[2]
+        return {m: float(layer.get(self._modules[i]) or 0.0) for m, i in self._position.items()}
+
+    @contextlib.contextmanager
+    def _applied(self, removal: Removal) -> Iterator[None]:
+        """Run upstream's handlers on the skeleton; restore every touched module after."""
         touched = {self._modules[self._position[m]] for m, _ in removal}
         saved = [(m, dict(m.__dict__), dict(m._parameters), dict(m._buffers)) for m in touched]
         try:
             for (module, handler), (dep, idxs) in removal.items():
                 handler.__self__.pruning_dim = dep.target.pruning_dim  # as Dependency.__call__
                 handler(self._modules[self._position[module]], idxs)
-            macs, params = count_macs(self._skeleton, self._inputs, self._forward_fn,
-                                      private=True)
+            yield
         finally:
             for m, attrs, params_, buffers in saved:
                 m.__dict__.clear()
@@ -258,9 +281,6 @@ class MacCounter:
                 m._parameters.update(params_)
                 m._buffers.clear()
                 m._buffers.update(buffers)
-        result = (float(macs), int(params))
-        self._cache = (key, result)
-        return result
 
     def count_groups(self, groups: Iterable[ChannelGroup],
                      pruned: Dict[int, torch.Tensor]) -> Tuple[float, int]:
