@@ -94,7 +94,7 @@ def measure(model: nn.Module, x_test: torch.Tensor, y_test: torch.Tensor) -> Dic
 
 
 def train(model: nn.Module, data: Tuple[torch.Tensor, ...], epochs: int, lr: float, seed: int,
-          pruner=None, ckpt_dir: Path = None) -> nn.Module:
+          pruner=None, ckpt_dir: Path = None, carry_optimizer: bool = False) -> nn.Module:
     """The user's own loop; with a pruner it carries exactly the README's five lines."""
     from tqdm import tqdm
 
@@ -121,7 +121,10 @@ def train(model: nn.Module, data: Tuple[torch.Tensor, ...], epochs: int, lr: flo
         if pruner is not None:
             pruner.prune(model, epoch, log=logger)
             if pruner.channel_pruner.reset_optimizer:
-                optimizer = make_optimizer(model, optimizer.param_groups[0]["lr"])
+                if carry_optimizer:  # keep momentum, sliced to the surviving channels
+                    optimizer = pruner.carry_optimizer_state(optimizer)
+                else:  # the seed's advice: a clean optimizer for the reduced model
+                    optimizer = make_optimizer(model, optimizer.param_groups[0]["lr"])
                 pruner.channel_pruner.reset_optimizer = False
         if ckpt_dir is not None:
             torch.save({"epoch": epoch, "model": model.state_dict(),
@@ -131,7 +134,8 @@ def train(model: nn.Module, data: Tuple[torch.Tensor, ...], epochs: int, lr: flo
     return model
 
 
-def run(out: Path, epochs: int, seed: int, config: Path, lr: float = 0.05) -> Dict[str, Dict[str, float]]:
+def run(out: Path, epochs: int, seed: int, config: Path, lr: float = 0.05,
+        carry_optimizer: bool = False) -> Dict[str, Dict[str, float]]:
     """Baseline and PAT runs; returns the before/after measurements."""
     data = load_digits_tensors(seed)
     x_test, y_test = data[2], data[3]
@@ -149,7 +153,8 @@ def run(out: Path, epochs: int, seed: int, config: Path, lr: float = 0.05) -> Di
     torch.manual_seed(seed)
     model = DigitsNet()
     pruner = tp.Pruning(model, out, log=logger)
-    model = train(model, data, epochs, lr, seed, pruner=pruner, ckpt_dir=ckpt_dir)
+    model = train(model, data, epochs, lr, seed, pruner=pruner, ckpt_dir=ckpt_dir,
+                  carry_optimizer=carry_optimizer)
     after = measure(model, x_test, y_test)
 
     # Reload the pruned checkpoint into a fresh, unpruned model, as a restarted job would.
@@ -193,6 +198,9 @@ def main(argv=None) -> int:
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--config", type=Path, default=HERE / "digits_pat_config.json")
+    parser.add_argument("--carry-optimizer", action="store_true",
+                        help="after channel removal keep the optimizer's state (sliced) "
+                             "instead of resetting it")
     parser.add_argument("--quick", action="store_true",
                         help="reduced run for tests: quick config, fewer epochs")
     args = parser.parse_args(argv)
@@ -204,7 +212,7 @@ def main(argv=None) -> int:
     if args.quick:
         config, epochs = HERE / "digits_pat_config_quick.json", min(epochs, 12)
     start = time.perf_counter()
-    result = run(args.out, epochs, args.seed, config)
+    result = run(args.out, epochs, args.seed, config, carry_optimizer=args.carry_optimizer)
     print(format_summary(result))
     print(f"\npruning log: {args.out / 'pat.log'}; report: {args.out / 'pruning_report.png'}; "
           f"norm histograms: {args.out / 'analyze.png'}")
