@@ -80,6 +80,7 @@ def main(argv=None) -> int:
                          args.threads)
     slices = run_script(["benchmarks/bench_slice.py", "--steps", steps, "--threads", threads],
                         args.threads)
+    latency = run_script(["benchmarks/bench_latency.py", "--threads", threads], args.threads)
     d = digits(args.seeds)
     c = digits(args.seeds, ["--carry-optimizer"])
     text = f"""# Benchmarks
@@ -101,6 +102,13 @@ reached within 1% under the target.
 Targets: step with `slice_regularize` <= 1.15x a plain step; `prune()` <= 2 plain steps.
 
 {slices}
+
+## Latency-aware against MAC-based pruning (`benchmarks/bench_latency.py`)
+
+One-shot pruning to the same budget fraction (0.5), once with `cost: "macs"` and once with
+`cost: "latency"` (per-layer latency table measured on this CPU); real batch-1 latency.
+
+{latency}
 
 ## End to end: digits (`examples/digits_pat.py`, {d['n']} seeds)
 
