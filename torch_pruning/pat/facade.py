@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from ._log import UserLog, emit
-from ._model import model_device, unwrap_model
+from ._model import model_device, to_device, unwrap_model
 from .config import ChannelSparsityArgs
 from .config_io import CONFIG_FILENAME, ConfigSource, PruningConfigError, load_config
 from .masks import MaskSet
@@ -127,16 +127,6 @@ def make_example_inputs(cfg: ChannelSparsityArgs, device: torch.device,
     return torch.randn(*shape, device=device)
 
 
-def _to_device(inputs: Inputs, device: torch.device) -> Inputs:
-    if isinstance(inputs, torch.Tensor):
-        return inputs.to(device)
-    if isinstance(inputs, dict):
-        return {k: _to_device(v, device) for k, v in inputs.items()}
-    if isinstance(inputs, (list, tuple)):
-        return type(inputs)(_to_device(v, device) for v in inputs)
-    return inputs
-
-
 class Pruning:
     """Pruning-aware training for a model, configured by ``pruning_config.json``.
 
@@ -202,7 +192,7 @@ class Pruning:
         if loaded.channel is not None:
             from .channel_pruner import ChannelPruner
 
-            inputs = (_to_device(example_inputs, self.device) if example_inputs is not None
+            inputs = (to_device(example_inputs, self.device) if example_inputs is not None
                       else make_example_inputs(loaded.channel, self.device, source))
             self.example_inputs = inputs
             if not loaded.channel.reach_mac_target:  # the "before" of the pruning report

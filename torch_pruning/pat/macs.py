@@ -34,6 +34,7 @@ from torch import nn
 from torch_pruning.dependency import Dependency
 from torch_pruning.utils import count_ops_and_params
 
+from ._model import to_device
 from .groups import ChannelGroup
 
 __all__ = ["MacCounter", "Removal", "removal_plan", "count_macs", "SHAPE_PRESERVING"]
@@ -64,16 +65,6 @@ def removal_plan(groups: Iterable[ChannelGroup], pruned: Dict[int, torch.Tensor]
             if chosen:
                 plan.setdefault((dep.target.module, dep.handler), (dep, set()))[1].update(chosen)
     return {k: (dep, sorted(s)) for k, (dep, s) in plan.items()}
-
-
-def _to_device(inputs: Any, device: torch.device) -> Any:
-    if isinstance(inputs, torch.Tensor):
-        return inputs.to(device)
-    if isinstance(inputs, dict):
-        return {k: _to_device(v, device) for k, v in inputs.items()}
-    if isinstance(inputs, (list, tuple)):
-        return type(inputs)(_to_device(v, device) for v in inputs)
-    return inputs
 
 
 #: Leaf modules whose output has the input's shape: in the skeleton they return their input
@@ -186,7 +177,7 @@ class MacCounter:
         self.device = device
         self._skeleton = _skeleton(model, device)
         self._modules = list(self._skeleton.modules())
-        self._inputs = _to_device(inputs, device)
+        self._inputs = to_device(inputs, device)
         if self._forward_fn is not None and not self._runs_given_model(self._forward_fn, model):
             # e.g. the seed's ``model.forward``: bound to the live model, it cannot run a copy
             logger.debug("forward_fn ignores its model argument; MACs are counted by calling "
