@@ -52,8 +52,10 @@ def venv(tmp_path_factory) -> Path:
     _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
           "-w", str(wheels), str(ROOT)], cwd=base)
     env_dir = _venv_with_upstream(base / "venv")
+    # --ignore-installed: the base environment seen through zz_base_env.pth may hold an older
+    # copy of this package, which pip would otherwise take as already installed
     _run([sys.executable, "-m", "pip", "--python", _py(env_dir), "install", "-q", "--no-deps",
-          str(next(wheels.glob("*.whl")))], cwd=base)
+          "--ignore-installed", str(next(wheels.glob("*.whl")))], cwd=base)
     return env_dir
 
 
