@@ -33,6 +33,7 @@ from ._log import UserLog, emit
 from ._model import unwrap_model
 from .channel_progress import ProgressWatch
 from .channel_regularizer import ChannelRegularizer
+from .channel_state import ChannelPrunerState
 from .config import ChannelSparsityArgs, PruningMethod
 from .config_io import write_state
 from .groups import build_graph, keep_masks, log_groups, select_groups
@@ -59,7 +60,7 @@ def _fmt(n: float) -> str:
     return f"{n:.0f}"
 
 
-class ChannelPruner:
+class ChannelPruner(ChannelPrunerState):
     """Prunes the channels of dependency groups to a MAC budget during training.
 
     Args:
@@ -427,56 +428,3 @@ class ChannelPruner:
         if self.reached_target and self._summary:
             return self._summary
         return self._make_summary(self._last_epoch if self._last_epoch is not None else -1)
-
-    def state_dict(self) -> Dict[str, Any]:
-        """Pruned channels per group, schedule progress and the reached flag."""
-        return {"version": 1, "reached": self.reached_target, "removed": self._removed,
-                "summary": self._summary, "ratio": self._ratio, "last_epoch": self._last_epoch,
-                "base": self._base,
-                "pruned_units": {g.source: self._pruned[g.number].nonzero().flatten().clone()
-                                 for g in self.groups}}
-
-    def load_state_dict(self, state: Dict[str, Any]) -> None:
-        """Restore :meth:`state_dict` output (after loading the model weights).
-
-        The saved state is the truth: a config file that says ``reach_mac_target`` while the
-        state is from before the target (the job died between the write-back and its next
-        checkpoint) resumes pruning. A state that does not fit the selected groups raises
-        ValueError before anything changes.
-        """
-        if not state:
-            return
-        reached, removed = bool(state.get("reached")), bool(state.get("removed"))
-        if not removed:  # validate before changing anything
-            if not hasattr(self, "graph") and (not reached or state.get("pruned_units")):
-                self._build(self._model, announce=False)  # from the model and config only
-            pruned = self._pruned_from(state.get("pruned_units", {}))
-        if self.reached_target and not reached:
-            emit(f"{self._source} says reach_mac_target is true, but the checkpoint's pruner "
-                 "state is from before the target was met: channel pruning continues from the "
-                 "checkpoint.", self.log, logger=logger)
-        self._summary = state.get("summary", self._summary)
-        self._base = state.get("base") or self._base
-        self._ratio, self._last_epoch = state.get("ratio", 0.0), state.get("last_epoch")
-        self.reached_target, self._removed = reached, removed
-        if removed:  # the model is loaded in its final shapes: nothing left to mask
-            self.groups, self._pruned, self.regularizer = [], {}, None
-            self._counter = self._cost_model = None
-            return
-        self._pruned = pruned
-        self.masks.clear(LAYER)
-        self._apply_masks()
-
-    def _pruned_from(self, saved: Dict[str, Any]) -> _Plan:
-        by_source = {g.source: g for g in self.groups}
-        pruned = {g.number: torch.zeros(g.units, dtype=torch.bool) for g in self.groups}
-        for source, units in saved.items():
-            g, units = by_source.get(source), torch.as_tensor(units, dtype=torch.long)
-            if g is None or (units.numel() and not 0 <= int(units.min()) <= int(units.max())
-                             < g.units):
-                raise ValueError(f"the saved channel-pruner state has group '{source}' with "
-                                 f"units {units.tolist()[:8]}, which do not fit the selected "
-                                 f"groups {[(g.source, g.units) for g in self.groups]}; was it "
-                                 f"saved with another {SECTION}.layers or model?")
-            pruned[g.number][units] = True
-        return pruned
