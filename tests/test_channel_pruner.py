@@ -27,15 +27,6 @@ from torch_pruning.pat.masks import MaskSet
 X = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small models run fastest on one thread (and far faster on a shared, busy CPU)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class ListLog:
     """A user log object: collects what ``.info`` / ``.warning`` receive."""
 

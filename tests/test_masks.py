@@ -12,14 +12,6 @@ from hypothesis import strategies as st
 from models import ResidualCNN, SmallCNN
 from torch import nn
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread (and far faster on a shared, busy CPU)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 from torch_pruning.pat.channel_pruner import ChannelPruner
 from torch_pruning.pat.config import ChannelSparsityArgs
 from torch_pruning.pat.masks import MaskSet
