@@ -195,10 +195,6 @@ class Pruning:
             inputs = (to_device(example_inputs, self.device) if example_inputs is not None
                       else make_example_inputs(loaded.channel, self.device, source))
             self.example_inputs = inputs
-            if not loaded.channel.reach_mac_target:  # the "before" of the pruning report
-                from .report import layer_stats
-
-                self._before = layer_stats(self.model, inputs)
             self.channel_pruner = ChannelPruner(
                 model, loaded.channel, example_inputs=inputs,
                 forward_fn=normalize_forward_fn(forward_fn, model), masks=self.masks,
@@ -228,12 +224,25 @@ class Pruning:
     def prune(self, model: nn.Module, epoch: int, log: Optional[UserLog] = None) -> None:
         """Run the epoch-end pruning step of both pruners (masking, or physical removal)."""
         log = log if log is not None else self.log
+        self._capture_before()
         was_reached = self.channel_pruner.reached_target
         self.channel_pruner.prune(model, epoch, log=log)
         self.slice_pruner.prune(model, epoch, log=log)
         if self.channel_pruner.reached_target and not was_reached and self._before is not None \
                 and self.config is not None and self.config.path is not None:
             self.report().save(self.config.path.parent, log=log)
+
+    def _capture_before(self) -> None:
+        """Record the report's "before" rows while the model still has its original shapes.
+
+        Masks do not change shapes, so any time before the first physical removal will do:
+        the first ``prune()`` (or ``report()``), not construction, which stays cheap.
+        """
+        if self._before is None and self.example_inputs is not None \
+                and not self.channel_pruner.reached_target:
+            from .report import layer_stats
+
+            self._before = layer_stats(self.model, self.example_inputs)
 
     def carry_optimizer_state(self, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
         """Keep ``optimizer`` (and its momentum/Adam moments) after a physical removal.
@@ -268,6 +277,7 @@ class Pruning:
         """
         from .report import PruningReport, layer_stats
 
+        self._capture_before()
         if self.example_inputs is None or self._before is None:
             raise RuntimeError(
                 "the pruning report needs the channel pruner's example inputs from the start of "
@@ -290,10 +300,3 @@ class Pruning:
         """Restore the state saved by :meth:`state_dict` (load the model weights first)."""
         self.channel_pruner.load_state_dict(state.get("channel", {}))
         self.slice_pruner.load_state_dict(state.get("slice", {}))
-        if self._before is None and self.example_inputs is not None \
-                and not self.channel_pruner.reached_target:
-            # the file said reach_mac_target but the checkpoint is from before: the report's
-            # "before" is the model's shapes now (masks do not change shapes)
-            from .report import layer_stats
-
-            self._before = layer_stats(self.model, self.example_inputs)
