@@ -1,5 +1,7 @@
 """Channel PAT on transformers: MLP hidden dims (Linear out features) pruned with exact masks
-and exact MAC accounting; attention modules are reported, not pruned (whole heads unsupported).
+and exact MAC accounting; nn.MultiheadAttention (torchvision's ViT, nn.TransformerEncoder) is
+reported, not pruned. Whole heads of attention written with Linear projections:
+tests/test_attention_heads.py.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 import torchvision
 from models_transformer import (ATTENTION_LAYERS, MLP_LAYERS, HandwrittenAttention,
-                                TinyTransformer, vit_mlp_layers)
+                                TinyTransformer, eval_outputs, one_epoch_config,
+                                vit_mlp_layers)
 from torch import nn
 
 import torch_pruning as tp
@@ -33,19 +36,6 @@ CASES: Dict[str, Tuple[Callable[[], nn.Module], List[str], Tuple[int, ...]]] = {
     "tiny": (TinyTransformer, MLP_LAYERS, (2, 3, 16, 16)),
     "vit_b_16": (_vit, vit_mlp_layers(2), (1, 3, 32, 32)),
 }
-
-
-def _config(layers: Any, **fields: Any) -> Dict[str, Any]:
-    cfg = dict(start_epoch=0, end_epoch=0, global_prune_rate=0.5, mac_target=0.0,
-               prune_at_target=False, layers=layers, regularize={"reg": 1e-3})
-    cfg.update(fields)
-    return {"channel_sparsity_args": cfg}
-
-
-def _outputs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    model.eval()
-    with torch.no_grad():
-        return model(x)
 
 
 def _train(model: nn.Module, pruner: Any, optimizer: torch.optim.Optimizer, x: torch.Tensor,
@@ -69,8 +59,8 @@ def test_mlp_hidden_dims_are_pruned_exactly(name: str, global_pruning: bool,
     make, layers, shape = CASES[name]
     torch.manual_seed(0)
     model, x = make(), torch.randn(*shape)
-    pruner = tp.Pruning(model, _config(layers, global_pruning=global_pruning,
-                                       block_size=block_size), example_inputs=x)
+    pruner = tp.Pruning(model, one_epoch_config(layers, global_pruning=global_pruning,
+                                                block_size=block_size), example_inputs=x)
     assert [g.source for g in pruner.channel_pruner.groups] == layers
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
     pruner.prune(model, 0)
@@ -79,21 +69,21 @@ def test_mlp_hidden_dims_are_pruned_exactly(name: str, global_pruning: bool,
     hidden = [lin.out_features for lin in linears]
     dead = [lin.weight.abs().sum(1) == 0 for lin in linears]
     assert all(0 < int(d.sum()) < h for d, h in zip(dead, hidden))
-    masked_macs, before = pruner.channel_pruner.macs(), _outputs(model, x)
+    masked_macs, before = pruner.channel_pruner.macs(), eval_outputs(model, x)
     pruner.channel_pruner.remove_masked_channels(model)
     kept = [lin.out_features for lin in linears]
     assert kept == [h - int(d.sum()) for h, d in zip(hidden, dead)]
     assert all(k % block_size == 0 for k in kept)
     assert masked_macs == tp.utils.count_ops_and_params(model, x)[0]
     assert masked_macs < pruner.channel_pruner.base_macs
-    assert torch.allclose(_outputs(model, x), before, rtol=1e-4, atol=1e-5)
+    assert torch.allclose(eval_outputs(model, x), before, rtol=1e-4, atol=1e-5)
 
 
 def test_transformer_reaches_the_mac_target_and_keeps_its_heads(write_config) -> None:
     torch.manual_seed(0)
     model, x = TinyTransformer(), torch.randn(4, 3, 16, 16)
-    folder = write_config(_config(MLP_LAYERS, end_epoch=3, global_prune_rate=0.9,
-                                  mac_target=0.8, prune_at_target=True))
+    folder = write_config(one_epoch_config(MLP_LAYERS, end_epoch=3, global_prune_rate=0.9,
+                                           mac_target=0.8, prune_at_target=True))
     pruner = tp.Pruning(model, folder, example_inputs=x[:1])
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     for epoch in range(4):
@@ -114,7 +104,7 @@ def test_transformer_reaches_the_mac_target_and_keeps_its_heads(write_config) ->
 
 @pytest.mark.parametrize("layer,says", [
     (ATTENTION_LAYERS[0], r"encoder\.layers\.0\.self_attn \(MultiheadAttention, 4 heads\): "
-                          r"pruning whole attention heads is not supported yet"),
+                          r"its heads cannot be pruned: nn\.MultiheadAttention ties"),
     (ATTENTION_LAYERS[0] + ".out_proj", r"the output projection of attention "
                                         r"encoder\.layers\.0\.self_attn"),
     ("embed", r"embedding dimension of attention encoder\.layers\.0\.self_attn"),
@@ -123,41 +113,24 @@ def test_attention_layers_are_reported_not_pruned(layer: str, says: str,
                                                   caplog: pytest.LogCaptureFixture) -> None:
     model = TinyTransformer()
     with caplog.at_level(logging.INFO, logger="torch_pruning.pat"):
-        pruner = tp.Pruning(model, _config([layer, MLP_LAYERS[1]]),
+        pruner = tp.Pruning(model, one_epoch_config([layer, MLP_LAYERS[1]]),
                             example_inputs=torch.randn(1, 3, 16, 16))
     assert [g.source for g in pruner.channel_pruner.groups] == [MLP_LAYERS[1]]
     warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any(re.search(says, m) for m in warned), warned
 
 
-def test_handwritten_attention_is_reported_and_its_mlp_pruned_exactly(
-        caplog: pytest.LogCaptureFixture) -> None:
-    """q/k/v channels meet in ``q @ k``: removing them would regroup heads (not exact)."""
-    torch.manual_seed(0)
-    model, x = HandwrittenAttention(), torch.randn(2, 5, 16)
-    with caplog.at_level(logging.INFO, logger="torch_pruning.pat"):
-        pruner = tp.Pruning(model, _config(["q", "v", "fc1"]), example_inputs=x)
-    assert [g.source for g in pruner.channel_pruner.groups] == ["fc1"]
-    assert re.search(r"q: its channels pass through a batched matrix product \(BmmBackward0",
-                     caplog.text)
-    pruner.prune(model, 0)
-    masked_macs, before = pruner.channel_pruner.macs(), _outputs(model, x)
-    pruner.channel_pruner.remove_masked_channels(model)
-    assert (model.q.out_features, model.fc1.out_features) == (16, 16)
-    assert masked_macs == tp.utils.count_ops_and_params(model, x)[0]
-    assert torch.allclose(_outputs(model, x), before, rtol=1e-4, atol=1e-5)
-
-
 def test_pruned_transformer_round_trips_through_load_state_dict_pruned() -> None:
     torch.manual_seed(0)
     model, x = TinyTransformer(), torch.randn(2, 3, 16, 16)
-    pruner = tp.Pruning(model, _config(MLP_LAYERS, prune_at_target=True), example_inputs=x)
+    pruner = tp.Pruning(model, one_epoch_config(MLP_LAYERS, prune_at_target=True),
+                        example_inputs=x)
     pruner.prune(model, 0)
     assert model.encoder.layers[0].linear1.out_features == 32
     fresh, missing, unexpected = tp.load_state_dict_pruned(TinyTransformer(), model.state_dict())
     assert (missing, unexpected) == ([], [])
     assert [layer.linear1.out_features for layer in fresh.encoder.layers] == [32, 32]
-    assert torch.allclose(_outputs(fresh, x), _outputs(model, x), rtol=1e-5, atol=1e-6)
+    assert torch.allclose(eval_outputs(fresh, x), eval_outputs(model, x), rtol=1e-5, atol=1e-6)
 
 
 @settings(max_examples=10, deadline=None)
@@ -168,19 +141,20 @@ def test_random_masks_count_and_compute_like_the_pruned_transformer(seed: int, r
                                                                     block_size: int) -> None:
     torch.manual_seed(seed)
     model, x = TinyTransformer(), torch.randn(2, 3, 16, 16)
-    pruner = tp.Pruning(model, _config(MLP_LAYERS, global_prune_rate=ratio,
-                                       global_pruning=global_pruning, block_size=block_size),
-                        example_inputs=x)
+    cfg = one_epoch_config(MLP_LAYERS, global_prune_rate=ratio, global_pruning=global_pruning,
+                           block_size=block_size)
+    pruner = tp.Pruning(model, cfg, example_inputs=x)
     pruner.prune(model, 0)
-    masked_macs, before = pruner.channel_pruner.macs(), _outputs(model, x)
+    masked_macs, before = pruner.channel_pruner.macs(), eval_outputs(model, x)
     pruner.channel_pruner.remove_masked_channels(model)
     assert masked_macs == tp.utils.count_ops_and_params(model, x)[0]
-    assert torch.allclose(_outputs(model, x), before, rtol=1e-4, atol=1e-5)
+    assert torch.allclose(eval_outputs(model, x), before, rtol=1e-4, atol=1e-5)
 
 
 def test_upstream_pruning_through_bmm_is_not_what_masks_compute() -> None:
-    """Why such groups are skipped: upstream prunes q/k/v channels through ``q @ k`` like an
-    elementwise op, so the heads are regrouped and the pruned model differs from the masked."""
+    """Why such groups are pruned by whole heads only: upstream prunes single q/k/v channels
+    through ``q @ k`` like an elementwise op, so the heads are regrouped and the pruned model
+    differs from the masked."""
     torch.manual_seed(0)
     model, x = HandwrittenAttention(), torch.randn(2, 5, 16)
     gone = [0, 1, 2, 5]  # 12 channels left: 4 heads of 3, mixing heads 0 and 1
@@ -193,4 +167,4 @@ def test_upstream_pruning_through_bmm_is_not_what_masks_compute() -> None:
     graph = tp.DependencyGraph().build_dependency(model, example_inputs=x)
     graph.get_pruning_group(model.q, tp.prune_linear_out_channels, gone).prune()
     assert model.q.out_features == model.o.in_features == 12
-    assert not torch.allclose(_outputs(model, x), _outputs(masked, x), rtol=1e-3, atol=1e-3)
+    assert not torch.allclose(eval_outputs(model, x), eval_outputs(masked, x), rtol=1e-3, atol=1e-3)

@@ -229,7 +229,7 @@ class ChannelPruner(ChannelPrunerState):
         for g in self.groups:
             s = self.importance(g.group)
             s = s.detach().float().cpu() if s is not None else torch.zeros(g.channels)
-            scores[g.number] = s.view(g.ch_groups, -1).mean(0) if g.ch_groups > 1 else s
+            scores[g.number] = g.unit_mean(s)
         return scores
 
     def _channels(self, plan: _Plan) -> _Plan:
@@ -358,19 +358,22 @@ class ChannelPruner(ChannelPrunerState):
         base_macs, base_params = self.base_macs, self._base[1]
         target = (f"target {self.cfg.mac_target:.2%}" if self.cfg.mac_target > 0
                   else "no MAC target")
+        latency = self.cfg.cost == "latency"
         lines = [(f"Channel pruning summary ({self.cfg.pruning_method.value}, epoch {epoch}, "
                   f"channel ratio {self._ratio:.4f}):"),
                  (f"MACs: {_fmt(base_macs)} -> {_fmt(macs)} ({macs / base_macs:.2%} of "
-                  f"original; {target})"),
+                  f"original{'' if latency else '; ' + target})"),
                  f"Params: {_fmt(base_params)} -> {_fmt(params)}",
                  "Channels kept per group (source conv: kept/original):"]
-        if self.cfg.cost == "latency":
+        if latency:
             ms = self._cost(self._pruned)
             lines.insert(2, f"Estimated latency: {self.base_cost:.3f} ms -> {ms:.3f} ms "
-                            f"({ms / self.base_cost:.2%} of original; cost \"latency\": the "
-                            "target above measures latency)")
+                            f"({ms / self.base_cost:.2%} of original; {target}, cost "
+                            "\"latency\": mac_target measures latency)")
         channels = self._channels(self._pruned)
         lines += [f"{g.source}: {g.channels - int(channels[g.number].sum())}/{g.channels}"
+                  + (f" ({g.units - int(self._pruned[g.number].sum())}/{g.units} heads of "
+                     f"{g.heads.name})" if g.heads else "")
                   for g in self.groups]
         return "\n".join(lines)
 
@@ -385,22 +388,35 @@ class ChannelPruner(ChannelPrunerState):
         macs = self._count(self._pruned)[0]  # equals the count after removal (tested)
         params_before = {(m, n): p for m in model.modules()
                          for n, p in m.named_parameters(recurse=False)}
-        removed = 0
+        removed, heads = 0, []
         for g, gone in zip(self.groups, self._channels(self._pruned).values()):
             idxs = gone.nonzero().flatten().tolist()
             if idxs:
                 g.group.prune(idxs)
                 removed += len(idxs)
+            if idxs and g.heads is not None:
+                g.heads.remove(g.heads.module, self._pruned[g.number].nonzero().flatten())
+                heads.append(f"{g.heads.name}.{g.heads.attr}="
+                             f"{getattr(g.heads.module, g.heads.attr)}")
         self.masks.reindex(LAYER)
         #: old Parameter -> (new Parameter, kept indices per dim), for carry_optimizer_state
         self.replaced_params = {
             old: (getattr(m, n), self.masks.last_reindex[(m, n)])
             for (m, n), old in params_before.items()
             if getattr(m, n) is not old and (m, n) in self.masks.last_reindex}
-        self._build(model, announce=False)
+        try:
+            self._build(model, announce=False)
+        except Exception as exc:
+            if not heads:
+                raise
+            raise RuntimeError(
+                f"after removing whole attention heads ({', '.join(heads)}) the model's forward "
+                f"failed: {exc}. The attention forward must take its shapes from the head count "
+                "(e.g. reshape(B, N, -1), not reshape(B, N, C) with the input width)") from exc
         self._removed = True
         self.reset_optimizer = True
-        emit(f"Physically removed {removed} channels: MACs now {_fmt(macs)} "
+        note = f" (heads now: {', '.join(heads)})" if heads else ""
+        emit(f"Physically removed {removed} channels{note}: MACs now {_fmt(macs)} "
              f"({macs / self.base_macs:.2%} of original). Re-create the "
              "optimizer (channel_pruner.reset_optimizer is True).", log or self.log,
              logger=logger)

@@ -166,9 +166,7 @@ class ChannelRegularizer:
             total.index_add_(0, roots, values.index_select(0, index))
         if total is None:
             return torch.zeros(g.channels)
-        if g.ch_groups > 1:
-            total = total.view(g.ch_groups, -1).mean(0).repeat(g.ch_groups)
-        return total
+        return g.expand_units(g.unit_mean(total))
 
     def _strengths(self, pruned: Mapping[int, torch.Tensor]) -> Dict[int, torch.Tensor]:
         lam = {}

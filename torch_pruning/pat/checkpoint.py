@@ -33,6 +33,7 @@ from torch.nn.parameter import is_lazy
 
 from ._log import emit
 from ._model import unwrap_model
+from .attention import head_count_plans
 from .checkpoint_rebuild import (RebuildPlan, Shape, UnrebuildableError, apply_plans, find_rule,
                                  module_shapes)
 
@@ -128,6 +129,7 @@ def load_state_dict_pruned(
 def _read_checkpoint(source: CheckpointSource, map_location: Any
                      ) -> Tuple[Mapping[str, Any], Dict[str, Dict[str, Any]]]:
     """Return the flat state_dict inside ``source`` and per-module attribute hints."""
+    where = ""  # names the file in errors about its content
     if isinstance(source, (str, os.PathLike)) or hasattr(source, "read"):
         name = os.fspath(source) if isinstance(source, (str, os.PathLike)) else "<file object>"
         try:
@@ -142,13 +144,14 @@ def _read_checkpoint(source: CheckpointSource, map_location: Any
         except Exception as exc:  # truncated or random bytes fail in many ways (OSError, ...)
             raise CheckpointError(f"cannot read checkpoint {name}: the file is damaged or not a "
                                   f"PyTorch checkpoint ({type(exc).__name__}: {exc})") from exc
+        where = f" in checkpoint {name}"
     obj: Any = source
     for _ in range(4):  # wrappers may nest, e.g. {"model": {"state_dict": ...}}
         if isinstance(obj, nn.Module):
             obj = obj.state_dict()
         if not isinstance(obj, Mapping):
-            raise CheckpointError(f"expected a state_dict (a mapping of names to tensors), "
-                                  f"got {type(obj).__name__}")
+            raise CheckpointError(f"expected a state_dict (a mapping of names to tensors)"
+                                  f"{where}, got {type(obj).__name__}")
         if "full_state_dict" in obj and "attributions" in obj:
             return _from_upstream_format(obj)
         inner = next((obj[k] for k in _WRAPPER_KEYS
@@ -157,7 +160,8 @@ def _read_checkpoint(source: CheckpointSource, map_location: Any
             break
         obj = inner
     if not any(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CheckpointError(f"no state_dict found in the checkpoint: its top-level keys are "
+        raise CheckpointError(f"no state_dict found{where or ' in the checkpoint'}: its "
+                              f"top-level keys are "
                               f"{_few(list(obj))}; expected tensors, or a state_dict under one of "
                               f"{', '.join(map(repr, _WRAPPER_KEYS))}")
     return obj, {}
@@ -253,7 +257,26 @@ def _plan_all(model: nn.Module, state: Mapping[str, Any], model_state: Mapping[s
             continue
         planned.add(id(module))
         plans.append((path, module, _plan_one(path, module, names, state, hints.get(path, {}))))
-    return plans
+    return plans + _head_count_plans(modules, plans)
+
+
+def _head_count_plans(modules: Mapping[str, nn.Module],
+                      plans: List[Tuple[str, nn.Module, RebuildPlan]]
+                      ) -> List[Tuple[str, nn.Module, RebuildPlan]]:
+    """Head counts of attention modules whose heads were pruned (merged into their plans)."""
+    features = {path: (plan.attrs.get("in_features", module.in_features),
+                       plan.attrs.get("out_features", module.out_features))
+                for path, module, plan in plans if isinstance(module, nn.Linear)}
+    if not features:
+        return []
+    planned = {path: plan for path, _, plan in plans}
+    extra = []
+    for path, attrs in head_count_plans(modules, features).items():
+        if path in planned:
+            planned[path].attrs.update(attrs)
+        else:
+            extra.append((path, modules[path], RebuildPlan({}, attrs)))
+    return extra
 
 
 def _plan_one(path: str, module: nn.Module, names: List[str], state: Mapping[str, Any],

@@ -132,8 +132,9 @@ class ChannelSparsityArgs(_Section):
     layers: Union[Literal["all"], List[str]] = Field(
         "all", description="Layers whose groups may be pruned, as in model.named_modules() "
                            "('module.' prefix ignored): Conv2d, ConvTranspose2d or Linear (e.g. "
-                           "a transformer block's MLP hidden layer); a MultiheadAttention is "
-                           "logged as not pruned (whole-head pruning is not supported yet). "
+                           "a transformer block's MLP hidden layer), or an attention module "
+                           "with a num_heads attribute and Linear q/k/v projections (pruned by "
+                           "whole heads); a MultiheadAttention is logged as not pruned. "
                            "\"all\" selects every Conv2d.")
     input_shape: Optional[Union[Shape, List[Shape]]] = Field(
         None, description="Dummy input shape [B,C,H,W] (or a list of shapes) for graph "

@@ -30,6 +30,7 @@ from torch_pruning.pruner import function as F
 from torch_pruning.utils import flatten_as_list
 
 from ._log import UserLog, emit
+from .attention import AttentionHeads, find_heads, head_count_attr, removal_is_exact
 from .config_io import PruningConfigError
 from .masks import strip_module_prefix
 
@@ -44,12 +45,12 @@ _ATTENTION = (nn.MultiheadAttention,)
 #: Autograd ops of attention written by hand (q @ k, attn @ v): upstream couples the channels
 #: through them like an elementwise op, which removal does not preserve per head.
 _PRODUCT_OPS = ("BmmBackward", "BaddbmmBackward", "ScaledDotProduct")
-#: Why an attention module listed in ``layers`` is skipped (logged with its name).
+#: Why an nn.MultiheadAttention listed in ``layers`` is skipped (logged with its name).
 _HEADS_UNSUPPORTED = (
-    "pruning whole attention heads is not supported yet: nn.MultiheadAttention ties every "
-    "head's width to the embedding dimension, and upstream can only shrink head_dim together "
-    "with the embedding, which masks cannot mirror exactly; list the block's MLP Linear "
-    "layers instead")
+    "its heads cannot be pruned: nn.MultiheadAttention ties every head's width to the "
+    "embedding dimension, and upstream can only shrink head_dim together with the embedding, "
+    "which masks cannot mirror exactly; list the block's MLP Linear layers instead, or write "
+    "the attention with Linear q/k/v projections and a num_heads attribute to prune whole heads")
 
 
 def call_model(model: nn.Module, inputs: Any) -> Any:
@@ -66,6 +67,17 @@ def call_model(model: nn.Module, inputs: Any) -> Any:
     return model(inputs)
 
 
+def _detached(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.detach()
+    if isinstance(value, (list, tuple)):
+        items = [_detached(v) for v in value]
+        return type(value)(*items) if hasattr(value, "_fields") else type(value)(items)
+    if isinstance(value, dict):
+        return {k: _detached(v) for k, v in value.items()}
+    return value
+
+
 def build_graph(model: nn.Module, example_inputs: Any,
                 forward_fn: Optional[Callable[[nn.Module, Any], Any]] = None) -> DependencyGraph:
     """Trace ``model`` into upstream's DependencyGraph without side effects on the model.
@@ -73,7 +85,9 @@ def build_graph(model: nn.Module, example_inputs: Any,
     Upstream's tracing switches the model to eval mode and leaves it there; every module's
     ``training`` flag is restored here. Upstream only marks model outputs that come from a
     non-module op; the graph gets an ``output_modules`` set with the modules whose output *is*
-    a model output, so their channels are never pruned.
+    a model output, so their channels are never pruned, and an ``attention_inputs`` dict with
+    the inputs each module with a head count received (to check head removal is exact;
+    :func:`select_groups` clears it).
 
     Example:
         >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 2, 1))
@@ -82,6 +96,13 @@ def build_graph(model: nn.Module, example_inputs: Any,
     """
     modes = {m: m.training for m in model.modules()}
     outputs: List[Any] = []
+    seen: Dict[nn.Module, Tuple[Any, Any]] = {}
+
+    def record(m: nn.Module, args: Any, kwargs: Any) -> None:
+        seen.setdefault(m, _detached((args, kwargs)))
+
+    hooks = [m.register_forward_pre_hook(record, with_kwargs=True) for m in model.modules()
+             if head_count_attr(m)]
 
     def traced(m: nn.Module, inputs: Any) -> Any:
         out = (forward_fn or call_model)(m, inputs)
@@ -95,8 +116,11 @@ def build_graph(model: nn.Module, example_inputs: Any,
             graph = DependencyGraph().build_dependency(
                 model, example_inputs=example_inputs, forward_fn=traced, verbose=False)
     finally:
+        for h in hooks:
+            h.remove()
         for m, mode in modes.items():
             m.training = mode
+    graph.attention_inputs = seen
     graph.output_modules = {m for m, node in graph.module2node.items()
                             if node.grad_fn is not None and node.grad_fn in outputs}
     return graph
@@ -134,6 +158,9 @@ class ParamSlice:
 class ChannelGroup:
     """One prunable group: its root conv, upstream group, and coupled parameter slices.
 
+    Channels are pruned in *units*: single channels; in groups with grouped layers the same
+    channel of each of ``ch_groups`` groups; in attention groups (``heads`` set) whole heads.
+
     Example:
         >>> g = select_groups(net, graph, "all")[0]  # doctest: +SKIP
         >>> g.source, g.dependencies, g.channels  # doctest: +SKIP
@@ -150,15 +177,41 @@ class ChannelGroup:
     dependencies: List[str]
     module_names: List[str]
     items: List[Tuple[str, Dependency, torch.Tensor, torch.Tensor]] = field(repr=False)
+    heads: Optional[AttentionHeads] = None
 
     @property
     def units(self) -> int:
-        """Channels ranked independently (``channels // ch_groups``)."""
-        return self.channels // self.ch_groups
+        """Units ranked independently: heads, else ``channels // ch_groups``."""
+        return self.heads.count if self.heads else self.channels // self.ch_groups
+
+    @property
+    def unit_width(self) -> int:
+        """Channels one unit spans in each layer (rounding to ``block_size`` counts these)."""
+        return self.heads.head_dim if self.heads else self.ch_groups
+
+    @property
+    def min_units(self) -> int:
+        """Units a group always keeps: two per channel group in grouped groups, else one."""
+        return 2 if self.ch_groups > 1 and not self.heads else 1
+
+    def unit_of_channel(self) -> torch.Tensor:
+        """The unit of every root channel."""
+        positions = torch.arange(self.channels)
+        return self.heads.unit_index(positions) if self.heads else positions % self.units
 
     def expand_units(self, unit_mask: torch.Tensor) -> torch.Tensor:
-        """A per-unit bool mask as a per-root-channel mask (repeated over channel groups)."""
-        return unit_mask.repeat(self.ch_groups)
+        """A per-unit tensor as a per-root-channel one (each channel takes its unit's value)."""
+        if self.units == self.channels:
+            return unit_mask
+        return unit_mask[self.unit_of_channel().to(unit_mask.device)]
+
+    def unit_mean(self, values: torch.Tensor) -> torch.Tensor:
+        """Per-root-channel ``values`` averaged over each unit's channels."""
+        if self.units == self.channels:
+            return values
+        index = self.unit_of_channel().to(values.device)
+        total = torch.zeros(self.units, dtype=values.dtype, device=values.device)
+        return total.index_add_(0, index, values) / (self.channels // self.units)
 
 
 def _long(values: Sequence[int]) -> torch.Tensor:
@@ -219,8 +272,9 @@ def resolve_layers(model: nn.Module, layers: Union[str, Sequence[str]],
     """The configured ``layers`` as ``(name, module)``; ``"all"`` = every Conv2d.
 
     Raises :class:`PruningConfigError` naming ``channel_sparsity_args.layers`` for an unknown
-    name (with close matches) or a layer that is not a Conv2d/ConvTranspose2d/Linear (or a
-    MultiheadAttention, which :func:`select_groups` reports as not pruned).
+    name (with close matches) or a layer that is not a Conv2d/ConvTranspose2d/Linear or an
+    attention module (a MultiheadAttention, which :func:`select_groups` reports as not pruned,
+    or a module with a head count attribute, whose heads are pruned).
 
     Example:
         >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
@@ -243,10 +297,11 @@ def resolve_layers(model: nn.Module, layers: Union[str, Sequence[str]],
             raise PruningConfigError(f"{LAYERS_FIELD}: no module named '{raw}' in "
                                      f"{type(model).__name__}{hint}", source=source,
                                      field=LAYERS_FIELD)
-        if not isinstance(named[name], _ROOT_TYPES + _ATTENTION):
+        if not (isinstance(named[name], _ROOT_TYPES + _ATTENTION)
+                or head_count_attr(named[name])):
             raise PruningConfigError(
                 f"{LAYERS_FIELD}: '{raw}' is a {type(named[name]).__name__}; list Conv2d layers "
-                "(ConvTranspose2d, Linear and MultiheadAttention are accepted too)",
+                "(ConvTranspose2d, Linear and attention modules are accepted too)",
                 source=source, field=LAYERS_FIELD)
         out.append((name, named[name]))
     return out
@@ -268,6 +323,7 @@ def _channel_groups(DG: DependencyGraph, group: Group) -> List[int]:
 
 def _build_group(DG: DependencyGraph, name: str, module: nn.Module,
                  names: Dict[nn.Module, str]) -> Tuple[Optional[ChannelGroup], str]:
+    """The group rooted at ``module``'s output channels, or None and why it is skipped."""
     pruner = DG.get_pruner_of_module(module)
     channels = pruner.get_out_channels(module)
     group = DG.get_pruning_group(module, pruner.prune_out_channels, list(range(channels)))
@@ -280,12 +336,7 @@ def _build_group(DG: DependencyGraph, name: str, module: nn.Module,
     products = [dep.target.grad_fn.name() for dep, _ in group
                 if dep.target.grad_fn is not None
                 and any(op in dep.target.grad_fn.name() for op in _PRODUCT_OPS)]
-    if products:
-        return None, (f"its channels pass through a batched matrix product ({products[0]}, "
-                      "e.g. attention's q @ k or attn @ v): removing them would regroup the "
-                      "heads, so masks would not be exact; pruning whole attention heads is "
-                      "not supported yet, list the block's MLP Linear layers instead")
-    ch = _channel_groups(DG, group)
+    ch = [] if products else _channel_groups(DG, group)
     ch_groups = max(ch) if ch else 1
     if any(n != ch_groups for n in ch) or channels % ch_groups:
         return None, f"grouped layers with different group counts {sorted(set(ch))}"
@@ -311,10 +362,36 @@ def _build_group(DG: DependencyGraph, name: str, module: nn.Module,
             mods.append(target)
         if target != name and isinstance(dep.target.module, _ROOT_TYPES) and target not in deps:
             deps.append(target)
+    heads = None
+    if products:
+        heads, why = find_heads(items, name, channels, {n: m for m, n in names.items()})
+        if heads is not None:
+            why = removal_is_exact(heads, slices, items,
+                                   getattr(DG, "attention_inputs", {}).get(heads.module))
+            heads = None if why else heads
+        if heads is None:
+            return None, (f"its channels pass through a batched matrix product ({products[0]}, "
+                          "e.g. attention's q @ k or attn @ v), where only whole heads can be "
+                          f"removed exactly, and {why}")
     order = {n: i for i, n in enumerate(names.values())}
     deps.sort(key=lambda n: order.get(n, 0))
     return ChannelGroup(0, name, module, group, channels, ch_groups, slices, deps, mods,
-                        items), ""
+                        items, heads), ""
+
+
+def _heads_root(DG: DependencyGraph, attention: nn.Module, names: Dict[nn.Module, str]
+                ) -> Tuple[Optional[Tuple[str, nn.Module]], str]:
+    """The first Linear inside ``attention`` whose group is made of ``attention``'s heads,
+    else None and why its heads cannot be pruned."""
+    why = "none of its Linear layers feeds its heads through q @ k / attn @ v"
+    for sub in attention.modules():
+        if isinstance(sub, nn.Linear) and sub in DG.module2node:
+            group, reason = _build_group(DG, names[sub], sub, names)
+            if group is not None and group.heads is not None and group.heads.module is attention:
+                return (names[sub], sub), ""
+            if "matrix product" in reason and why.startswith("none"):
+                why = f"{names[sub]}: {reason}"
+    return None, why
 
 
 def select_groups(model: nn.Module, DG: DependencyGraph, layers: Union[str, Sequence[str]], *,
@@ -345,6 +422,12 @@ def select_groups(model: nn.Module, DG: DependencyGraph, layers: Union[str, Sequ
             skipped.append(f"{name}: the output projection of attention {projections[module]} "
                            f"(MultiheadAttention); {_HEADS_UNSUPPORTED}")
             continue
+        if not isinstance(module, _ROOT_TYPES):  # an attention module with a head count
+            root, why = _heads_root(DG, module, names)
+            if root is None:
+                skipped.append(f"{name} ({type(module).__name__}): {why}")
+                continue
+            name, module = root
         if module in owner:
             if explicit:
                 emit(f"{name} is coupled with {owner[module].source}: pruned as group "
@@ -354,11 +437,13 @@ def select_groups(model: nn.Module, DG: DependencyGraph, layers: Union[str, Sequ
             skipped.append(f"{name}: not reached by the traced forward")
             continue
         group, why = _build_group(DG, name, module, names)
-        if group is not None and group.units < (2 if group.ch_groups == 1 else 3):
+        if group is not None and group.units <= group.min_units:
             # also keeps upstream's GroupMagnitudeImportance away from grouped convs with one
             # input channel per group, where it raises IndexError (tests/test_channel_pruner.py)
-            group, why = None, (f"only {group.channels} channel(s) in {group.ch_groups} "
-                                "channel group(s): nothing left to prune")
+            group, why = None, ((f"only {group.units} head(s) in {group.heads.name}"
+                                 if group.heads else
+                                 f"only {group.channels} channel(s) in {group.ch_groups} "
+                                 "channel group(s)") + ": nothing left to prune")
         if group is None:
             skipped.append(f"{name}: {why}")
             continue
@@ -370,6 +455,7 @@ def select_groups(model: nn.Module, DG: DependencyGraph, layers: Union[str, Sequ
     if skipped:
         emit("Channel pruning skips these layers:\n  " + "\n  ".join(skipped), log,
              level=logging.WARNING if explicit else logging.INFO, logger=logger)
+    DG.attention_inputs = {}  # only needed to check head removal; frees the activations
     return groups
 
 

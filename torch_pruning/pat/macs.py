@@ -42,7 +42,8 @@ __all__ = ["MacCounter", "Removal", "removal_plan", "count_macs", "SHAPE_PRESERV
 logger = logging.getLogger(__name__)
 
 #: ``(module, handler) -> (dependency, positions to remove)`` in the unpruned model's indices.
-Removal = Dict[Tuple[nn.Module, Callable[..., Any]], Tuple[Dependency, List[int]]]
+#: Attention head counts appear as ``(attention, AttentionHeads.remove) -> (None, heads)``.
+Removal = Dict[Tuple[nn.Module, Callable[..., Any]], Tuple[Optional[Dependency], List[int]]]
 
 
 def removal_plan(groups: Iterable[ChannelGroup], pruned: Dict[int, torch.Tensor]) -> Removal:
@@ -55,11 +56,14 @@ def removal_plan(groups: Iterable[ChannelGroup], pruned: Dict[int, torch.Tensor]
         >>> removal_plan(groups, {1: torch.tensor([True, False, False, False])})  # doctest: +SKIP
         {(Conv2d(3, 4, ...), <bound method ConvPruner.prune_out_channels ...>): (..., [0]), ...}
     """
-    plan: Dict[Tuple[nn.Module, Callable[..., Any]], Tuple[Dependency, set]] = {}
+    plan: Dict[Tuple[nn.Module, Callable[..., Any]], Tuple[Optional[Dependency], set]] = {}
     for g in groups:
         mask = pruned.get(g.number)
         if mask is None or not bool(mask.any()):
             continue
+        if g.heads is not None:  # the attention module's head count follows
+            heads = torch.unique(g.heads.unit_index(mask.nonzero().flatten())).tolist()
+            plan[(g.heads.module, g.heads.remove)] = (None, set(heads))
         for _, dep, idxs, roots in g.items:
             chosen = idxs[mask[roots]].tolist()
             if chosen:
@@ -261,7 +265,8 @@ class MacCounter:
         saved = [(m, dict(m.__dict__), dict(m._parameters), dict(m._buffers)) for m in touched]
         try:
             for (module, handler), (dep, idxs) in removal.items():
-                handler.__self__.pruning_dim = dep.target.pruning_dim  # as Dependency.__call__
+                if dep is not None:  # as Dependency.__call__
+                    handler.__self__.pruning_dim = dep.target.pruning_dim
                 handler(self._modules[self._position[module]], idxs)
             yield
         finally:

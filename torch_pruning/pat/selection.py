@@ -1,21 +1,23 @@
 """Which channels to prune at a given ratio: ranking scopes, block rounding and the per-group cap.
 
 Channels are chosen in *units*: a unit is one channel, or, in a group with grouped layers
-(grouped convs, GroupNorm) of ``ch_groups`` groups, the same channel index in every group.
+(grouped convs, GroupNorm) of ``ch_groups`` groups, the same channel index in every group, or,
+in an attention group, one whole head (:mod:`torch_pruning.pat.attention`).
 
 * **Scopes.** Local pruning ranks each group alone (every group loses ``ratio`` of its units);
   ``global_pruning`` ranks all selected groups together; ``isomorphic`` ranks together the groups
   with the same structure (upstream's isomorphic pruning).
 * **Rounding.** The channels left in a pruned group are a multiple of ``block_size`` (upstream's
-  ``round_to``): the count kept is rounded *down*, so rounding prunes a little more.
+  ``round_to``): the count kept is rounded *down*, so rounding prunes a little more. A unit
+  spans ``width`` channels of each layer (``ch_groups``, or ``head_dim`` for heads).
 * **Cap.** No group loses more than ``max_pruning_rate`` of its channels, and each keeps at
   least one block (two channels per channel group in grouped groups: upstream would take a conv
-  left with one output channel per group for a depthwise one).
+  left with one output channel per group for a depthwise one; one head in attention groups).
 * **Masks only grow.** Already pruned units rank first and are always kept pruned.
 
 Example:
     >>> rules = SelectionRules(block_size=4)
-    >>> kept_units(units=30, ch_groups=1, n_prune=9, rules=rules, current_kept=30)
+    >>> kept_units(units=30, width=1, n_prune=9, rules=rules, current_kept=30)
     20
 """
 
@@ -45,19 +47,20 @@ class SelectionRules:
     isomorphic: bool = False
 
 
-def kept_units(units: int, ch_groups: int, n_prune: int, rules: SelectionRules,
-               current_kept: int) -> int:
+def kept_units(units: int, width: int, n_prune: int, rules: SelectionRules,
+               current_kept: int, min_units: int = 1) -> int:
     """How many units a group keeps when its ranking asks to prune ``n_prune`` of ``units``.
+
+    ``width`` is the channels one unit spans in each layer; ``min_units`` the fewest kept (two
+    in grouped groups: upstream takes a conv with one output channel per group for a depthwise
+    conv and prunes it wrongly).
 
     Example:
         >>> kept_units(64, 1, 60, SelectionRules(max_pruning_rate=0.5), current_kept=64)
         32
     """
-    step = math.lcm(rules.block_size, ch_groups) // ch_groups
-    # grouped layers keep 2 channels per channel group: upstream takes a conv with one output
-    # channel per group for a depthwise conv and prunes it wrongly
-    least = max(1 if ch_groups == 1 else 2,
-                math.ceil(units * (1.0 - rules.max_pruning_rate) - _EPS))
+    step = math.lcm(rules.block_size, width) // width
+    least = max(min_units, math.ceil(units * (1.0 - rules.max_pruning_rate) - _EPS))
     least = -(-least // step) * step  # integer ceil: block_size may be any int
     wanted = units - max(0, n_prune)
     if wanted < units:
@@ -127,8 +130,8 @@ def select_units(groups: Sequence[ChannelGroup], scores: Dict[int, torch.Tensor]
             wanted = {g.number: counts[i] for i, g in enumerate(scope)}
         for g in scope:
             done = pruned[g.number]
-            keep = kept_units(g.units, g.ch_groups, wanted[g.number], rules,
-                              current_kept=g.units - int(done.sum()))
+            keep = kept_units(g.units, g.unit_width, wanted[g.number], rules,
+                              current_kept=g.units - int(done.sum()), min_units=g.min_units)
             mask = torch.zeros(g.units, dtype=torch.bool)
             mask[_order(scores[g.number].cpu(), done)[:g.units - keep]] = True
             result[g.number] = mask | done
