@@ -15,6 +15,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -24,6 +25,14 @@ from pathlib import Path
 from typing import Dict, List
 
 ROOT = Path(__file__).resolve().parents[1]
+#: A hand-written part of the page (the summary against the targets) that a rerun keeps.
+KEPT = re.compile(r"<!-- kept by run_all\.py -->.*?<!-- end kept -->\n?", re.S)
+
+
+def kept_section(path: Path) -> str:
+    """The hand-written section of the existing page, or '' (then it is left out)."""
+    found = KEPT.search(path.read_text()) if path.exists() else None
+    return found.group(0) if found else ""
 
 
 def machine() -> str:
@@ -81,6 +90,7 @@ def main(argv=None) -> int:
     slices = run_script(["benchmarks/bench_slice.py", "--steps", steps, "--threads", threads],
                         args.threads)
     latency = run_script(["benchmarks/bench_latency.py", "--threads", threads], args.threads)
+    heads = run_script(["benchmarks/bench_heads.py", "--threads", threads], args.threads)
     d = digits(args.seeds)
     c = digits(args.seeds, ["--carry-optimizer"])
     text = f"""# Benchmarks
@@ -103,12 +113,21 @@ Targets: step with `slice_regularize` <= 1.15x a plain step; `prune()` <= 2 plai
 
 {slices}
 
+{kept_section(args.out)}
 ## Latency-aware against MAC-based pruning (`benchmarks/bench_latency.py`)
 
 One-shot pruning to the same budget fraction (0.5), once with `cost: "macs"` and once with
 `cost: "latency"` (per-layer latency table measured on this CPU); real batch-1 latency.
 
 {latency}
+
+## Whole attention heads: vit_b_16 (`benchmarks/bench_heads.py`)
+
+`tp.pat.split_multihead_attention` rewrites each `nn.MultiheadAttention` with q/k/v `Linear`
+layers, then half the heads (or half the MLP hidden features, or both) are masked and removed
+one-shot in every block.
+
+{heads}
 
 ## End to end: digits (`examples/digits_pat.py`, {d['n']} seeds)
 

@@ -15,8 +15,8 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from models_transformer import (HandwrittenAttention, HeadsTransformer, eval_outputs,
-                                one_epoch_config)
+from models_transformer import (HandwrittenAttention, HeadsAttention, HeadsTransformer,
+                                eval_outputs, one_epoch_config)
 from torch import nn
 
 import torch_pruning as tp
@@ -189,6 +189,17 @@ def test_attention_that_cannot_lose_whole_heads_is_reported(
     assert re.search(says, caplog.text), caplog.text
     pruner.prune(model, 0)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+
+
+def test_each_distinct_attention_is_checked_on_its_own(caplog: pytest.LogCaptureFixture) -> None:
+    """Same parameter shapes, different layout: the exactness check is not shared."""
+    model = HeadsTransformer()
+    model.blocks[1].attn = HeadsAttention(interleaved=True)
+    with caplog.at_level(logging.WARNING, logger="torch_pruning.pat"):
+        pruner = tp.Pruning(model, one_epoch_config(ATTENTION),
+                            example_inputs=torch.randn(2, 6, 12))
+    assert [g.source for g in pruner.channel_pruner.groups] == ["blocks.0.attn.qkv"]
+    assert "blocks.1.attn (HeadsAttention)" in caplog.text
 
 
 def test_carried_adam_state_continues_like_the_masked_model() -> None:

@@ -328,6 +328,27 @@ def test_one_shot_flags_prune_physically_at_the_first_call(flag: str) -> None:
     assert (pruner.regularizer is None) == (flag == "infer")
 
 
+def test_infer_removes_every_zeroed_channel_and_keeps_live_ones() -> None:
+    """A masked checkpoint rebuilt with ``infer`` gets exactly its zeroed channels removed,
+    even when the target alone would remove fewer; a channel with a zero conv but a live
+    BatchNorm shift still produces a constant, so it stays."""
+    torch.manual_seed(0)
+    model = SmallCNN()
+    conv, bn, nxt = model.features[0][0], model.features[0][1], model.features[1][0]
+    with torch.no_grad():
+        for c in (0, 3, 5, 6, 9):  # what a masked training run leaves behind
+            conv.weight[c], bn.weight[c], bn.bias[c] = 0, 0, 0
+            nxt.weight[:, c] = 0
+        conv.weight[7] = 0  # bn.bias[7] is live: a constant channel
+        bn.bias[7] = 0.5
+    before = outputs(model)
+    pruner = make(model, infer=True, global_prune_rate=0.01, mac_target=0.0)
+    pruner.prune(model, 0)
+    assert model.features[0][0].out_channels == 16 - 5
+    assert model.features[1][0].out_channels == 32  # nothing zeroed there, a rate of 1%
+    assert torch.allclose(outputs(model), before, rtol=1e-4, atol=1e-5)
+
+
 def test_infer_adds_no_regularization() -> None:
     model = SmallCNN()
     pruner = make(model, infer=True, regularize={"reg": 1.0})

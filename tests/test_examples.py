@@ -163,6 +163,8 @@ def test_infer_rebuild(tmp_path: Path) -> None:
         assert r["macs"] <= (s["mac_target"] + TOLERANCE) * train["base_macs"], (way, r)
         assert r["accuracy"] == pytest.approx(train["accuracy"])
     assert s["load_state_dict_pruned"]["conv_channels"] == train["conv_channels"]
+    assert s["infer"]["conv_channels"] == train["conv_channels"]  # every zeroed channel removed
+    assert s["infer"]["channels_differing_from_training"] == {}
     assert s["infer"]["reach_mac_target_written"] is True
     assert channel_state(tmp_path / "infer")["infer"] is True
 

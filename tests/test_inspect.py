@@ -246,3 +246,18 @@ def test_input_shapes_parse(text, shapes) -> None:
 def test_bad_input_shape_is_rejected(text) -> None:
     with pytest.raises(ToolError, match="--input-shape"):
         parse_input_shape(text)
+
+
+def test_inspect_lists_attention_modules_and_how_their_heads_are_pruned(capsys) -> None:
+    code = main(["inspect", "--model", "torchvision.models:vit_b_16", "--input-shape",
+                 "1,3,224,224"])
+    out = capsys.readouterr().out
+    assert code == 0
+    rows = re.findall(r"^  (encoder\.layers\.encoder_layer_\d+\.self_attention): 12 heads, "
+                      r"nn\.MultiheadAttention: call torch_pruning\.pat\."
+                      r"split_multihead_attention\(model\) first$", out, re.MULTILINE)
+    assert len(rows) == 12
+    from models_transformer import HeadsTransformer
+    from torch_pruning.pat.model_summary import format_summary, summarize_model
+    text = format_summary(summarize_model(HeadsTransformer(), torch.randn(1, 6, 12)))
+    assert "  blocks.0.attn: 4 heads, HeadsAttention (num_heads): list it in layers" in text

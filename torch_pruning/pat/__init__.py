@@ -17,7 +17,8 @@ from types import ModuleType
 from typing import Any, Dict
 
 __all__ = ["Pruning", "load_state_dict_pruned", "PruningConfigError", "PruningConfig",
-           "CheckpointError", "MaskSet", "optimizer_state_matches", "attach"]
+           "CheckpointError", "MaskSet", "optimizer_state_matches", "SplitMultiheadAttention",
+           "split_multihead_attention", "attach"]
 
 _LAZY: Dict[str, str] = {
     "Pruning": ".facade",
@@ -27,6 +28,8 @@ _LAZY: Dict[str, str] = {
     "PruningConfigError": ".config_io",
     "PruningConfig": ".config",
     "MaskSet": ".masks",
+    "SplitMultiheadAttention": ".split_attention",
+    "split_multihead_attention": ".split_attention",
 }
 
 # Names attached to ``torch_pruning`` and ``torch_pruning.utils`` when it is imported.

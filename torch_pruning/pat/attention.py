@@ -34,12 +34,11 @@ import torch
 from torch import nn
 
 from torch_pruning.pruner import function as F
-from torch_pruning.utils import flatten_as_list
 
 from ._log import emit
 
 __all__ = ["HEAD_COUNT_ATTRS", "AttentionHeads", "head_count_attr", "find_heads",
-           "removal_is_exact", "head_count_plans"]
+           "removal_is_exact", "head_count_plans", "tensors_in"]
 
 logger = logging.getLogger(__name__)
 
@@ -168,9 +167,15 @@ def find_heads(items: Iterable[Tuple[str, object, torch.Tensor, torch.Tensor]], 
     return heads, ""
 
 
-def _tensors(out: Any) -> List[torch.Tensor]:
-    flat = flatten_as_list(out)
-    return [t for t in (flat if isinstance(flat, list) else [flat]) if isinstance(t, torch.Tensor)]
+def tensors_in(out: Any) -> List[torch.Tensor]:
+    """Every tensor in a module's output (nested tuples, lists, dicts; ``None`` skipped)."""
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, dict):
+        out = list(out.values())
+    if isinstance(out, (list, tuple)):
+        return [t for item in out for t in tensors_in(item)]
+    return []
 
 
 @torch.no_grad()
@@ -203,7 +208,7 @@ def removal_is_exact(heads: AttentionHeads, slices: Sequence[Any],
     heads.remove(pruned, [last])
     args, kwargs = inputs
     try:
-        want, got = _tensors(masked(*args, **kwargs)), _tensors(pruned(*args, **kwargs))
+        want, got = tensors_in(masked(*args, **kwargs)), tensors_in(pruned(*args, **kwargs))
     except Exception as exc:  # noqa: BLE001 - any failure means the heads cannot be removed
         return (f"once a head is removed, {heads.name}'s forward fails ({type(exc).__name__}: "
                 f"{exc}); it must take its shapes from {heads.attr} (e.g. reshape(B, N, -1), "

@@ -208,12 +208,28 @@ class ChannelPruner(ChannelPrunerState):
 
     def _one_shot(self, model: nn.Module, epoch: int, log: Optional[UserLog]) -> None:
         plan, ratio, met = self._select(self.cfg.global_prune_rate)
+        if self.cfg.infer:  # channels training zeroed are dead weight whatever the target says
+            plan = self._with_dead_units(plan)
+            met = met or self._cost(plan) <= self.cfg.mac_target * self.base_cost
         if self.cfg.mac_target > 0 and not met:
             emit(f"global_prune_rate {ratio} leaves MACs above mac_target "
                  f"{self.cfg.mac_target}; pruning to the rate.", log, logging.WARNING, logger)
         plan, _ = self._agree(plan, True)
         self._commit(plan, ratio, epoch, log)
         self._finish(model, epoch, log, physical=True)
+
+    def _with_dead_units(self, plan: _Plan) -> _Plan:
+        """``plan`` plus every unit whose parameters are all zero (each group keeps its
+        minimum), so an ``infer`` rebuild removes exactly what training masked and more only
+        if the target asks for it."""
+        out = {}
+        for g in self.groups:
+            extra = (g.dead_units() & ~plan[g.number]).nonzero().flatten()
+            room = g.units - g.min_units - int(plan[g.number].sum())
+            mask = plan[g.number].clone()
+            mask[extra[:max(room, 0)]] = True
+            out[g.number] = mask
+        return out
 
     def _watch_progress(self, plan: _Plan, ratio: float, epoch: int,
                         log: Optional[UserLog]) -> None:

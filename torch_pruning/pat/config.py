@@ -134,7 +134,9 @@ class ChannelSparsityArgs(_Section):
                            "('module.' prefix ignored): Conv2d, ConvTranspose2d or Linear (e.g. "
                            "a transformer block's MLP hidden layer), or an attention module "
                            "with a num_heads attribute and Linear q/k/v projections (pruned by "
-                           "whole heads); a MultiheadAttention is logged as not pruned. "
+                           "whole heads; torch_pruning.pat.split_multihead_attention converts "
+                           "nn.MultiheadAttention); an unconverted MultiheadAttention is logged "
+                           "as not pruned. "
                            "\"all\" selects every Conv2d.")
     input_shape: Optional[Union[Shape, List[Shape]]] = Field(
         None, description="Dummy input shape [B,C,H,W] (or a list of shapes) for graph "

@@ -30,7 +30,8 @@ from torch_pruning.pruner import function as F
 from torch_pruning.utils import flatten_as_list
 
 from ._log import UserLog, emit
-from .attention import AttentionHeads, find_heads, head_count_attr, removal_is_exact
+from .attention import (AttentionHeads, find_heads, head_count_attr, removal_is_exact,
+                        tensors_in)
 from .config_io import PruningConfigError
 from .masks import strip_module_prefix
 
@@ -49,8 +50,8 @@ _PRODUCT_OPS = ("BmmBackward", "BaddbmmBackward", "ScaledDotProduct")
 _HEADS_UNSUPPORTED = (
     "its heads cannot be pruned: nn.MultiheadAttention ties every head's width to the "
     "embedding dimension, and upstream can only shrink head_dim together with the embedding, "
-    "which masks cannot mirror exactly; list the block's MLP Linear layers instead, or write "
-    "the attention with Linear q/k/v projections and a num_heads attribute to prune whole heads")
+    "which masks cannot mirror exactly; call torch_pruning.pat.split_multihead_attention(model) "
+    "before Pruning(...) to prune its heads whole, or list the block's MLP Linear layers")
 
 
 def call_model(model: nn.Module, inputs: Any) -> Any:
@@ -204,6 +205,25 @@ class ChannelGroup:
         if self.units == self.channels:
             return unit_mask
         return unit_mask[self.unit_of_channel().to(unit_mask.device)]
+
+    @torch.no_grad()
+    def dead_units(self) -> torch.Tensor:
+        """Units whose every coupled parameter position is exactly zero (bool per unit).
+
+        Such a unit is what a channel mask leaves behind, and removing it is exact wherever
+        removing a masked channel is: its convs/linears produce zeros, its BatchNorms scale and
+        shift them by zero, its consumers read them with zero weights (GroupNorm/LayerNorm
+        statistics are the documented exception, see docs/channel_pruning.md#exactness).
+        """
+        alive = torch.zeros(self.channels)
+        for s in self.slices:
+            p = s.param.detach()
+            nonzero = p.index_select(s.dim, s.index.to(p.device)) != 0
+            if p.dim() > 1:
+                nonzero = nonzero.movedim(s.dim, 0).flatten(1).any(1)
+            alive.index_add_(0, s.roots, nonzero.cpu().float())
+        units = torch.zeros(self.units).index_add_(0, self.unit_of_channel(), alive)
+        return units == 0
 
     def unit_mean(self, values: torch.Tensor) -> torch.Tensor:
         """Per-root-channel ``values`` averaged over each unit's channels."""
@@ -366,8 +386,7 @@ def _build_group(DG: DependencyGraph, name: str, module: nn.Module,
     if products:
         heads, why = find_heads(items, name, channels, {n: m for m, n in names.items()})
         if heads is not None:
-            why = removal_is_exact(heads, slices, items,
-                                   getattr(DG, "attention_inputs", {}).get(heads.module))
+            why = _checked_once(DG, heads, slices, items)
             heads = None if why else heads
         if heads is None:
             return None, (f"its channels pass through a batched matrix product ({products[0]}, "
@@ -377,6 +396,24 @@ def _build_group(DG: DependencyGraph, name: str, module: nn.Module,
     deps.sort(key=lambda n: order.get(n, 0))
     return ChannelGroup(0, name, module, group, channels, ch_groups, slices, deps, mods,
                         items, heads), ""
+
+
+def _checked_once(DG: DependencyGraph, heads: AttentionHeads, slices: List[ParamSlice],
+                  items: List[Tuple[str, Dependency, torch.Tensor, torch.Tensor]]) -> str:
+    """:func:`removal_is_exact` once per distinct attention (class, settings, parameter and
+    input shapes): the 12 identical blocks of a ViT are checked once."""
+    module = heads.module
+    inputs = getattr(DG, "attention_inputs", {}).get(module)
+    tensors = tensors_in(inputs) if inputs is not None else []
+    key = (type(module), heads.attr, heads.count, heads.head_dim,
+           tuple(sorted((k, v) for k, v in vars(module).items()
+                        if isinstance(v, (bool, int, float, str)))),
+           tuple((n, tuple(p.shape), p.dtype) for n, p in module.named_parameters()),
+           tuple((tuple(t.shape), t.dtype) for t in tensors), inputs is None)
+    cache = DG.__dict__.setdefault("attention_checks", {})
+    if key not in cache:
+        cache[key] = removal_is_exact(heads, slices, items, inputs)
+    return cache[key]
 
 
 def _heads_root(DG: DependencyGraph, attention: nn.Module, names: Dict[nn.Module, str]

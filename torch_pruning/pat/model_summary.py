@@ -70,6 +70,8 @@ class ModelSummary:
     total_macs: int
     total_params: int
     module_types: Dict[str, str] = field(default_factory=dict)
+    #: attention modules: (name, head count, how their heads are pruned)
+    attention: List[Tuple[str, int, str]] = field(default_factory=list)
 
     def conv(self, name: str) -> Optional[ConvInfo]:
         """The :class:`ConvInfo` of ``name`` (``module.`` prefix ignored), or None."""
@@ -189,7 +191,24 @@ def summarize_model(model: nn.Module, example_inputs: Inputs) -> ModelSummary:
     return ModelSummary(convs=convs, groups=groups,
                         other_macs=dict(sorted(other.items(), key=lambda kv: -kv[1][1])),
                         total_macs=total_macs, total_params=int(params),
-                        module_types={n: type(m).__name__ for m, n in names.items() if n})
+                        module_types={n: type(m).__name__ for m, n in names.items() if n},
+                        attention=_attention_modules(names))
+
+
+def _attention_modules(names: Dict[nn.Module, str]) -> List[Tuple[str, int, str]]:
+    """Modules whose heads the channel pruner can remove whole, or could after a split."""
+    from .attention import head_count_attr
+
+    found = []
+    for m, name in names.items():
+        if isinstance(m, nn.MultiheadAttention):
+            found.append((name or "<model>", m.num_heads, "nn.MultiheadAttention: call "
+                          "torch_pruning.pat.split_multihead_attention(model) first"))
+        elif head_count_attr(m) and any(isinstance(c, nn.Linear) for c in m.modules()):
+            attr = head_count_attr(m)
+            found.append((name or "<model>", getattr(m, attr),
+                          f"{type(m).__name__} ({attr}): list it in layers"))
+    return found
 
 
 def format_summary(summary: ModelSummary, title: str = "") -> str:
@@ -226,4 +245,10 @@ def format_summary(summary: ModelSummary, title: str = "") -> str:
         lines.append(f"  Group {g.index} ({g.channels} channels): {', '.join(g.members)}{state}")
         if g.consumers:
             lines.append(f"      consumers: {', '.join(g.consumers)}")
+    if summary.attention:
+        lines.append("")
+        lines.append("Attention modules (heads pruned whole; Pruning checks each layout and logs "
+                     "the ones it skips):")
+        for name, heads, how in summary.attention:
+            lines.append(f"  {name}: {heads} heads, {how}")
     return "\n".join(lines) + "\n"
