@@ -12,7 +12,7 @@ from typing import Any, Optional, Protocol
 
 import torch.distributed as dist
 
-__all__ = ["LOGGER_NAME", "UserLog", "emit", "is_rank_zero", "get_rank"]
+__all__ = ["LOGGER_NAME", "UserLog", "emit", "is_rank_zero", "get_rank", "human_count"]
 
 LOGGER_NAME = "torch_pruning.pat"
 _logger = logging.getLogger(LOGGER_NAME)
@@ -80,3 +80,16 @@ def emit(msg: str, log: Optional[UserLog] = None, level: int = logging.INFO,
             log.warning(msg)
         else:
             log.info(msg)
+
+
+def human_count(n: float, spec: str = ".3f", sep: str = "") -> str:
+    """A MAC or parameter count with a K/M/G suffix, for log lines and plot titles.
+
+    Example:
+        >>> human_count(1234567), human_count(1234567, ".3g", " ")
+        ('1.235M', '1.23 M')
+    """
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:{spec}}{sep}{unit}"
+    return f"{n:.0f}"

@@ -38,7 +38,7 @@ from torch_pruning.pruner import function as F
 from ._log import emit
 
 __all__ = ["HEAD_COUNT_ATTRS", "AttentionHeads", "head_count_attr", "find_heads",
-           "removal_is_exact", "head_count_plans", "tensors_in"]
+           "removal_is_exact", "checked_once", "head_count_plans", "tensors_in"]
 
 logger = logging.getLogger(__name__)
 
@@ -185,7 +185,7 @@ def removal_is_exact(heads: AttentionHeads, slices: Sequence[Any],
     """``""`` when removing a head computes what masking it does, else the reason it does not.
 
     Checked once per attention module on the inputs it got while tracing: one copy has the
-    last head's slices (``slices``: the group's :class:`~torch_pruning.pat.groups.ParamSlice`)
+    last head's slices (``slices``: the group's :class:`~torch_pruning.pat.channel_group.ParamSlice`)
     zeroed, another has them removed by upstream's handlers and the head count lowered; both
     must run and agree. This catches layouts the index check cannot see (q, k and v of a head
     interleaved) and forwards that reshape with a fixed width.
@@ -222,6 +222,28 @@ def removal_is_exact(heads: AttentionHeads, slices: Sequence[Any],
                 f"and v are not laid out as {heads.count} heads of {heads.head_dim} each "
                 "(grouped-query or interleaved layouts are not supported)")
     return ""
+
+
+def checked_once(DG: Any, heads: AttentionHeads, slices: Sequence[Any],
+                 items: Sequence[Tuple[str, Any, torch.Tensor, torch.Tensor]]) -> str:
+    """:func:`removal_is_exact` once per distinct attention (class, settings, parameter and
+    input shapes): the 12 identical blocks of a ViT are checked once.
+
+    ``DG`` is the graph traced by :func:`torch_pruning.pat.tracing.build_graph`: it holds the
+    inputs each attention received while tracing, and the results are cached on it.
+    """
+    module = heads.module
+    inputs = getattr(DG, "attention_inputs", {}).get(module)
+    tensors = tensors_in(inputs) if inputs is not None else []
+    key = (type(module), heads.attr, heads.count, heads.head_dim,
+           tuple(sorted((k, v) for k, v in vars(module).items()
+                        if isinstance(v, (bool, int, float, str)))),
+           tuple((n, tuple(p.shape), p.dtype) for n, p in module.named_parameters()),
+           tuple((tuple(t.shape), t.dtype) for t in tensors), inputs is None)
+    cache = DG.__dict__.setdefault("attention_checks", {})
+    if key not in cache:
+        cache[key] = removal_is_exact(heads, slices, items, inputs)
+    return cache[key]
 
 
 def head_count_plans(modules: Mapping[str, nn.Module],

@@ -27,7 +27,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import torch
 
 from .config import ChannelSparsityArgs
-from .groups import ChannelGroup
+from .channel_group import ChannelGroup
 from .selection import SelectionRules, select_units
 
 __all__ = ["ProgressWatch"]

@@ -29,20 +29,22 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ._log import UserLog, emit
+from ._log import UserLog, emit, human_count
 from ._model import unwrap_model
 from .channel_progress import ProgressWatch
 from .channel_regularizer import ChannelRegularizer
 from .channel_state import ChannelPrunerState
 from .config import ChannelSparsityArgs, PruningMethod
 from .config_io import write_state
-from .groups import build_graph, keep_masks, log_groups, select_groups
+from .channel_group import keep_masks
+from .groups import log_groups, select_groups
+from .tracing import build_graph
 from .importance import make_importance
 from .latency import LatencyCost, load_or_measure
 from .macs import MacCounter
 from .masks import MaskSet
 from .schedule import ChannelSchedule
-from .selection import SelectionRules, select_units
+from .selection import SelectionRules, select_units, with_dead_units
 
 __all__ = ["ChannelPruner"]
 
@@ -51,13 +53,6 @@ logger = logging.getLogger(__name__)
 SECTION = "channel_sparsity_args"
 LAYER = "channel"
 _Plan = Dict[int, torch.Tensor]
-
-
-def _fmt(n: float) -> str:
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(n) >= scale:
-            return f"{n / scale:.3f}{unit}"
-    return f"{n:.0f}"
 
 
 class ChannelPruner(ChannelPrunerState):
@@ -209,7 +204,7 @@ class ChannelPruner(ChannelPrunerState):
     def _one_shot(self, model: nn.Module, epoch: int, log: Optional[UserLog]) -> None:
         plan, ratio, met = self._select(self.cfg.global_prune_rate)
         if self.cfg.infer:  # channels training zeroed are dead weight whatever the target says
-            plan = self._with_dead_units(plan)
+            plan = with_dead_units(self.groups, plan)
             met = met or self._cost(plan) <= self.cfg.mac_target * self.base_cost
         if self.cfg.mac_target > 0 and not met:
             emit(f"global_prune_rate {ratio} leaves MACs above mac_target "
@@ -217,19 +212,6 @@ class ChannelPruner(ChannelPrunerState):
         plan, _ = self._agree(plan, True)
         self._commit(plan, ratio, epoch, log)
         self._finish(model, epoch, log, physical=True)
-
-    def _with_dead_units(self, plan: _Plan) -> _Plan:
-        """``plan`` plus every unit whose parameters are all zero (each group keeps its
-        minimum), so an ``infer`` rebuild removes exactly what training masked and more only
-        if the target asks for it."""
-        out = {}
-        for g in self.groups:
-            extra = (g.dead_units() & ~plan[g.number]).nonzero().flatten()
-            room = g.units - g.min_units - int(plan[g.number].sum())
-            mask = plan[g.number].clone()
-            mask[extra[:max(room, 0)]] = True
-            out[g.number] = mask
-        return out
 
     def _watch_progress(self, plan: _Plan, ratio: float, epoch: int,
                         log: Optional[UserLog]) -> None:
@@ -342,7 +324,7 @@ class ChannelPruner(ChannelPrunerState):
             total = sum(g.channels for g in self.groups)
             target = f", target {self.cfg.mac_target:.2%}" if self.cfg.mac_target > 0 else ""
             emit(f"Epoch {epoch}: channel ratio {ratio:.4f}, {masked}/{total} channels masked, "
-                 f"MACs {_fmt(macs)} ({macs / self.base_macs:.2%} of original{target})", log,
+                 f"MACs {human_count(macs)} ({macs / self.base_macs:.2%} of original{target})", log,
                  logger=logger)
         if self.cfg.verbose >= 2:
             for g in self.groups:
@@ -377,9 +359,9 @@ class ChannelPruner(ChannelPrunerState):
         latency = self.cfg.cost == "latency"
         lines = [(f"Channel pruning summary ({self.cfg.pruning_method.value}, epoch {epoch}, "
                   f"channel ratio {self._ratio:.4f}):"),
-                 (f"MACs: {_fmt(base_macs)} -> {_fmt(macs)} ({macs / base_macs:.2%} of "
-                  f"original{'' if latency else '; ' + target})"),
-                 f"Params: {_fmt(base_params)} -> {_fmt(params)}",
+                 (f"MACs: {human_count(base_macs)} -> {human_count(macs)} "
+                  f"({macs / base_macs:.2%} of original{'' if latency else '; ' + target})"),
+                 f"Params: {human_count(base_params)} -> {human_count(params)}",
                  "Channels kept per group (source conv: kept/original):"]
         if latency:
             ms = self._cost(self._pruned)
@@ -432,7 +414,7 @@ class ChannelPruner(ChannelPrunerState):
         self._removed = True
         self.reset_optimizer = True
         note = f" (heads now: {', '.join(heads)})" if heads else ""
-        emit(f"Physically removed {removed} channels{note}: MACs now {_fmt(macs)} "
+        emit(f"Physically removed {removed} channels{note}: MACs now {human_count(macs)} "
              f"({macs / self.base_macs:.2%} of original). Re-create the "
              "optimizer (channel_pruner.reset_optimizer is True).", log or self.log,
              logger=logger)

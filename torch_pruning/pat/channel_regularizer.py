@@ -42,7 +42,7 @@ import torch
 from torch import nn
 
 from .config import PruningMethod
-from .groups import ChannelGroup, ParamSlice
+from .channel_group import ChannelGroup, ParamSlice
 
 __all__ = ["ChannelRegularizer"]
 

@@ -1,10 +1,11 @@
-"""Dependency groups of the channel pruner: tracing, layer selection and coupled parameters.
+"""Dependency groups of the channel pruner: layer selection and coupled parameters.
 
 Upstream's :class:`~torch_pruning.dependency.DependencyGraph` is built once from the example
-inputs (:func:`build_graph`); the groups rooted at the configured ``layers`` are selected from it
-(:func:`select_groups`). Each :class:`ChannelGroup` keeps upstream's group (for importance and
-physical removal) plus a flat list of :class:`ParamSlice` — *which positions of which parameter
-belong to which root channel* — that masks, regularization and MAC counting share.
+inputs (:func:`~torch_pruning.pat.tracing.build_graph`); the groups rooted at the configured
+``layers`` are selected from it (:func:`select_groups`) as
+:class:`~torch_pruning.pat.channel_group.ChannelGroup` objects: upstream's group (for
+importance and physical removal) plus a flat list of ``ParamSlice`` — *which positions of which
+parameter belong to which root channel* — that masks, regularization and MAC counting share.
 
 Example:
     >>> net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 1))
@@ -17,8 +18,7 @@ from __future__ import annotations
 
 import difflib
 import logging
-from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -27,13 +27,13 @@ from torch import nn
 from torch_pruning import ops
 from torch_pruning.dependency import Dependency, DependencyGraph, Group
 from torch_pruning.pruner import function as F
-from torch_pruning.utils import flatten_as_list
 
 from ._log import UserLog, emit
-from .attention import (AttentionHeads, find_heads, head_count_attr, removal_is_exact,
-                        tensors_in)
+from .attention import checked_once, find_heads, head_count_attr
+from .channel_group import ChannelGroup, ParamSlice, keep_masks
 from .config_io import PruningConfigError
 from .masks import strip_module_prefix
+from .tracing import build_graph, call_model
 
 __all__ = ["ParamSlice", "ChannelGroup", "build_graph", "resolve_layers", "select_groups",
            "log_groups", "call_model", "keep_masks"]
@@ -52,186 +52,6 @@ _HEADS_UNSUPPORTED = (
     "embedding dimension, and upstream can only shrink head_dim together with the embedding, "
     "which masks cannot mirror exactly; call torch_pruning.pat.split_multihead_attention(model) "
     "before Pruning(...) to prune its heads whole, or list the block's MLP Linear layers")
-
-
-def call_model(model: nn.Module, inputs: Any) -> Any:
-    """Run ``model`` on example inputs: a tensor, a list/tuple of tensors, or a dict.
-
-    Used as the tracing ``forward_fn`` when the user gives none. Upstream's default calls
-    ``model(*inputs)`` first and falls back on any error, which unpacks a single batch-1 tensor
-    into an *unbatched* sample (see ``tests/test_channel_pruner.py::test_upstream_unpacks``).
-    """
-    if isinstance(inputs, dict):
-        return model(**inputs)
-    if isinstance(inputs, (list, tuple)):
-        return model(*inputs)
-    return model(inputs)
-
-
-def _detached(value: Any) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.detach()
-    if isinstance(value, (list, tuple)):
-        items = [_detached(v) for v in value]
-        return type(value)(*items) if hasattr(value, "_fields") else type(value)(items)
-    if isinstance(value, dict):
-        return {k: _detached(v) for k, v in value.items()}
-    return value
-
-
-def build_graph(model: nn.Module, example_inputs: Any,
-                forward_fn: Optional[Callable[[nn.Module, Any], Any]] = None) -> DependencyGraph:
-    """Trace ``model`` into upstream's DependencyGraph without side effects on the model.
-
-    Upstream's tracing switches the model to eval mode and leaves it there; every module's
-    ``training`` flag is restored here. Upstream only marks model outputs that come from a
-    non-module op; the graph gets an ``output_modules`` set with the modules whose output *is*
-    a model output, so their channels are never pruned, and an ``attention_inputs`` dict with
-    the inputs each module with a head count received (to check head removal is exact;
-    :func:`select_groups` clears it).
-
-    Example:
-        >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 2, 1))
-        >>> build_graph(net, torch.randn(1, 3, 8, 8)).output_modules == {net[2]}
-        True
-    """
-    modes = {m: m.training for m in model.modules()}
-    outputs: List[Any] = []
-    seen: Dict[nn.Module, Tuple[Any, Any]] = {}
-
-    def record(m: nn.Module, args: Any, kwargs: Any) -> None:
-        seen.setdefault(m, _detached((args, kwargs)))
-
-    hooks = [m.register_forward_pre_hook(record, with_kwargs=True) for m in model.modules()
-             if head_count_attr(m)]
-
-    def traced(m: nn.Module, inputs: Any) -> Any:
-        out = (forward_fn or call_model)(m, inputs)
-        flat = flatten_as_list(out)
-        outputs.extend(t.grad_fn for t in (flat if isinstance(flat, list) else [flat])
-                       if isinstance(t, torch.Tensor))
-        return out
-
-    try:
-        with torch.enable_grad():
-            graph = DependencyGraph().build_dependency(
-                model, example_inputs=example_inputs, forward_fn=traced, verbose=False)
-    finally:
-        for h in hooks:
-            h.remove()
-        for m, mode in modes.items():
-            m.training = mode
-    graph.attention_inputs = seen
-    graph.output_modules = {m for m, node in graph.module2node.items()
-                            if node.grad_fn is not None and node.grad_fn in outputs}
-    return graph
-
-
-@dataclass(frozen=True)
-class ParamSlice:
-    """Positions ``index`` along ``dim`` of ``module.<name>`` belong to root channels ``roots``.
-
-    Example:
-        >>> s = ParamSlice(nn.Conv2d(4, 2, 1), "weight", 1, torch.arange(4), torch.arange(4))
-        >>> s.is_full()
-        True
-    """
-
-    module: nn.Module
-    name: str
-    dim: int
-    index: torch.Tensor
-    roots: torch.Tensor
-
-    @property
-    def param(self) -> torch.Tensor:
-        """The live parameter (looked up each time: physical pruning replaces parameters)."""
-        return getattr(self.module, self.name)
-
-    def is_full(self) -> bool:
-        """True when the slice covers the whole dimension in order (a fast path)."""
-        size = self.param.shape[self.dim]
-        return self.index.numel() == size and bool(
-            (self.index == torch.arange(size, device=self.index.device)).all())
-
-
-@dataclass
-class ChannelGroup:
-    """One prunable group: its root conv, upstream group, and coupled parameter slices.
-
-    Channels are pruned in *units*: single channels; in groups with grouped layers the same
-    channel of each of ``ch_groups`` groups; in attention groups (``heads`` set) whole heads.
-
-    Example:
-        >>> g = select_groups(net, graph, "all")[0]  # doctest: +SKIP
-        >>> g.source, g.dependencies, g.channels  # doctest: +SKIP
-        ('layer1.0.conv1', ['layer1.0.conv2'], 64)
-    """
-
-    number: int
-    source: str
-    root: nn.Module
-    group: Group
-    channels: int
-    ch_groups: int
-    slices: List[ParamSlice]
-    dependencies: List[str]
-    module_names: List[str]
-    items: List[Tuple[str, Dependency, torch.Tensor, torch.Tensor]] = field(repr=False)
-    heads: Optional[AttentionHeads] = None
-
-    @property
-    def units(self) -> int:
-        """Units ranked independently: heads, else ``channels // ch_groups``."""
-        return self.heads.count if self.heads else self.channels // self.ch_groups
-
-    @property
-    def unit_width(self) -> int:
-        """Channels one unit spans in each layer (rounding to ``block_size`` counts these)."""
-        return self.heads.head_dim if self.heads else self.ch_groups
-
-    @property
-    def min_units(self) -> int:
-        """Units a group always keeps: two per channel group in grouped groups, else one."""
-        return 2 if self.ch_groups > 1 and not self.heads else 1
-
-    def unit_of_channel(self) -> torch.Tensor:
-        """The unit of every root channel."""
-        positions = torch.arange(self.channels)
-        return self.heads.unit_index(positions) if self.heads else positions % self.units
-
-    def expand_units(self, unit_mask: torch.Tensor) -> torch.Tensor:
-        """A per-unit tensor as a per-root-channel one (each channel takes its unit's value)."""
-        if self.units == self.channels:
-            return unit_mask
-        return unit_mask[self.unit_of_channel().to(unit_mask.device)]
-
-    @torch.no_grad()
-    def dead_units(self) -> torch.Tensor:
-        """Units whose every coupled parameter position is exactly zero (bool per unit).
-
-        Such a unit is what a channel mask leaves behind, and removing it is exact wherever
-        removing a masked channel is: its convs/linears produce zeros, its BatchNorms scale and
-        shift them by zero, its consumers read them with zero weights (GroupNorm/LayerNorm
-        statistics are the documented exception, see docs/channel_pruning.md#exactness).
-        """
-        alive = torch.zeros(self.channels)
-        for s in self.slices:
-            p = s.param.detach()
-            nonzero = p.index_select(s.dim, s.index.to(p.device)) != 0
-            if p.dim() > 1:
-                nonzero = nonzero.movedim(s.dim, 0).flatten(1).any(1)
-            alive.index_add_(0, s.roots, nonzero.cpu().float())
-        units = torch.zeros(self.units).index_add_(0, self.unit_of_channel(), alive)
-        return units == 0
-
-    def unit_mean(self, values: torch.Tensor) -> torch.Tensor:
-        """Per-root-channel ``values`` averaged over each unit's channels."""
-        if self.units == self.channels:
-            return values
-        index = self.unit_of_channel().to(values.device)
-        total = torch.zeros(self.units, dtype=values.dtype, device=values.device)
-        return total.index_add_(0, index, values) / (self.channels // self.units)
 
 
 def _long(values: Sequence[int]) -> torch.Tensor:
@@ -386,7 +206,7 @@ def _build_group(DG: DependencyGraph, name: str, module: nn.Module,
     if products:
         heads, why = find_heads(items, name, channels, {n: m for m, n in names.items()})
         if heads is not None:
-            why = _checked_once(DG, heads, slices, items)
+            why = checked_once(DG, heads, slices, items)
             heads = None if why else heads
         if heads is None:
             return None, (f"its channels pass through a batched matrix product ({products[0]}, "
@@ -396,24 +216,6 @@ def _build_group(DG: DependencyGraph, name: str, module: nn.Module,
     deps.sort(key=lambda n: order.get(n, 0))
     return ChannelGroup(0, name, module, group, channels, ch_groups, slices, deps, mods,
                         items, heads), ""
-
-
-def _checked_once(DG: DependencyGraph, heads: AttentionHeads, slices: List[ParamSlice],
-                  items: List[Tuple[str, Dependency, torch.Tensor, torch.Tensor]]) -> str:
-    """:func:`removal_is_exact` once per distinct attention (class, settings, parameter and
-    input shapes): the 12 identical blocks of a ViT are checked once."""
-    module = heads.module
-    inputs = getattr(DG, "attention_inputs", {}).get(module)
-    tensors = tensors_in(inputs) if inputs is not None else []
-    key = (type(module), heads.attr, heads.count, heads.head_dim,
-           tuple(sorted((k, v) for k, v in vars(module).items()
-                        if isinstance(v, (bool, int, float, str)))),
-           tuple((n, tuple(p.shape), p.dtype) for n, p in module.named_parameters()),
-           tuple((tuple(t.shape), t.dtype) for t in tensors), inputs is None)
-    cache = DG.__dict__.setdefault("attention_checks", {})
-    if key not in cache:
-        cache[key] = removal_is_exact(heads, slices, items, inputs)
-    return cache[key]
 
 
 def _heads_root(DG: DependencyGraph, attention: nn.Module, names: Dict[nn.Module, str]
@@ -517,35 +319,3 @@ def log_groups(groups: Sequence[ChannelGroup], log: Optional[UserLog] = None) ->
     emit("*************", log, logger=logger)
     emit(f"There are {len(groups)} groups of layers, with the following source convs:\n"
          f"{[g.source for g in groups]}", log, logger=logger)
-
-
-@torch.no_grad()
-def keep_masks(groups: Sequence[ChannelGroup],
-               pruned: Dict[int, torch.Tensor]) -> Dict[Tuple[nn.Module, str], torch.Tensor]:
-    """Keep-masks (broadcastable bool tensors) of every parameter coupled to a pruned channel.
-
-    ``pruned`` maps group numbers to bool tensors over root channels. A parameter coupled to
-    several groups (output channels in one, input slices in another) gets the AND of both.
-
-    Example:
-        >>> masks = keep_masks(groups, {1: torch.tensor([True, False, False, False])})  # doctest: +SKIP
-        >>> masks[(conv, "weight")].shape  # doctest: +SKIP
-        torch.Size([4, 1, 1, 1])
-    """
-    keeps: Dict[Tuple[nn.Module, str], torch.Tensor] = {}
-    for g in groups:
-        gone = pruned.get(g.number)
-        if gone is None or not bool(gone.any()):
-            continue
-        for s in g.slices:
-            hit = gone[s.roots]
-            if not bool(hit.any()):
-                continue
-            param = s.param
-            along = torch.ones(param.shape[s.dim], dtype=torch.bool)
-            along[s.index[hit]] = False
-            shape = [1] * param.dim()
-            shape[s.dim] = -1
-            key = (s.module, s.name)
-            keeps[key] = along.view(shape) if key not in keeps else keeps[key] & along.view(shape)
-    return keeps

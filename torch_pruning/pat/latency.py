@@ -37,7 +37,8 @@ from torch import nn
 
 from ._io import atomic_write_text
 from ._log import UserLog, emit
-from .groups import ChannelGroup, call_model
+from .channel_group import ChannelGroup
+from .tracing import call_model
 from .macs import MacCounter, count_macs, removal_plan
 from .masks import strip_module_prefix
 

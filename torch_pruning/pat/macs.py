@@ -35,7 +35,7 @@ from torch_pruning.dependency import Dependency
 from torch_pruning.utils import count_ops_and_params
 
 from ._model import to_device
-from .groups import ChannelGroup
+from .channel_group import ChannelGroup
 
 __all__ = ["MacCounter", "Removal", "removal_plan", "count_macs", "SHAPE_PRESERVING"]
 

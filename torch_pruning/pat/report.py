@@ -34,7 +34,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
-from ._log import emit, is_rank_zero
+from ._log import emit, human_count, is_rank_zero
 from ._model import unwrap_model
 from ._io import atomic_write_bytes, atomic_write_text
 from .masks import MaskSet, strip_module_prefix
@@ -186,13 +186,6 @@ def _slice_fractions(sparsity: Optional[Mapping[str, Any]]) -> Tuple[Optional[Di
     return {strip_module_prefix(k): float(v) for k, v in sparsity.items()}, None
 
 
-def _human(n: float) -> str:
-    for unit, size in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(n) >= size:
-            return f"{n / size:.3g} {unit}"
-    return f"{n:.0f}"
-
-
 def _pct(after: float, before: float) -> str:
     return f"{100 * after / before:.1f}%" if before else "-"
 
@@ -340,8 +333,9 @@ class PruningReport:
             ax.set_title("Slice sparsity (% of eligible slices zero)", fontsize=11)
             ax.set_xlabel("% zero slices")
             ax.grid(axis="x", color="0.9", zorder=0)
-        fig.suptitle(f"{self.title}: MACs {_human(mb)} \u2192 {_human(ma)} ({_pct(ma, mb)} kept), "
-                     f"parameters {_human(pb)} \u2192 {_human(pa)} ({_pct(pa, pb)} kept)",
+        mb_, ma_, pb_, pa_ = (human_count(n, ".3g", " ") for n in (mb, ma, pb, pa))
+        fig.suptitle(f"{self.title}: MACs {mb_} \u2192 {ma_} ({_pct(ma, mb)} kept), "
+                     f"parameters {pb_} \u2192 {pa_} ({_pct(pa, pb)} kept)",
                      fontsize=12, fontweight="bold", y=1 - 0.12 / height)
         fig.text(0.5, 1 - 0.45 / height, "Conv and linear layers. Masked channels count as "
                  "removed. Numbers beside the bars: what is kept after pruning.",

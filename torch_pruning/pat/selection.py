@@ -30,9 +30,9 @@ from typing import Dict, List, Sequence
 
 import torch
 
-from .groups import ChannelGroup
+from .channel_group import ChannelGroup
 
-__all__ = ["SelectionRules", "kept_units", "ranking_scopes", "select_units"]
+__all__ = ["SelectionRules", "kept_units", "ranking_scopes", "select_units", "with_dead_units"]
 
 _EPS = 1e-9
 
@@ -136,3 +136,24 @@ def select_units(groups: Sequence[ChannelGroup], scores: Dict[int, torch.Tensor]
             mask[_order(scores[g.number].cpu(), done)[:g.units - keep]] = True
             result[g.number] = mask | done
     return result
+
+
+def with_dead_units(groups: Sequence[ChannelGroup],
+                    plan: Dict[int, torch.Tensor]) -> Dict[int, torch.Tensor]:
+    """``plan`` plus every unit whose parameters are all zero (each group keeps its minimum).
+
+    Used by ``infer``: a masked checkpoint is rebuilt with exactly the channels training
+    zeroed removed, and more only if the target asks for it.
+
+    Example:
+        >>> with_dead_units(groups, {1: torch.zeros(16, dtype=torch.bool)})  # doctest: +SKIP
+        {1: tensor([True, False, False, True, ...])}
+    """
+    out = {}
+    for g in groups:
+        extra = (g.dead_units() & ~plan[g.number]).nonzero().flatten()
+        room = g.units - g.min_units - int(plan[g.number].sum())
+        mask = plan[g.number].clone()
+        mask[extra[:max(room, 0)]] = True
+        out[g.number] = mask
+    return out
