@@ -219,15 +219,15 @@ def _build_group(DG: DependencyGraph, name: str, module: nn.Module,
 
 
 def _heads_root(DG: DependencyGraph, attention: nn.Module, names: Dict[nn.Module, str]
-                ) -> Tuple[Optional[Tuple[str, nn.Module]], str]:
-    """The first Linear inside ``attention`` whose group is made of ``attention``'s heads,
-    else None and why its heads cannot be pruned."""
+                ) -> Tuple[Optional[Tuple[str, nn.Module, ChannelGroup]], str]:
+    """The first Linear inside ``attention`` whose group is made of ``attention``'s heads (its
+    name, module and group), else None and why its heads cannot be pruned."""
     why = "none of its Linear layers feeds its heads through q @ k / attn @ v"
     for sub in attention.modules():
         if isinstance(sub, nn.Linear) and sub in DG.module2node:
             group, reason = _build_group(DG, names[sub], sub, names)
             if group is not None and group.heads is not None and group.heads.module is attention:
-                return (names[sub], sub), ""
+                return (names[sub], sub, group), ""
             if "matrix product" in reason and why.startswith("none"):
                 why = f"{names[sub]}: {reason}"
     return None, why
@@ -261,12 +261,13 @@ def select_groups(model: nn.Module, DG: DependencyGraph, layers: Union[str, Sequ
             skipped.append(f"{name}: the output projection of attention {projections[module]} "
                            f"(MultiheadAttention); {_HEADS_UNSUPPORTED}")
             continue
+        built: Optional[ChannelGroup] = None
         if not isinstance(module, _ROOT_TYPES):  # an attention module with a head count
             root, why = _heads_root(DG, module, names)
             if root is None:
                 skipped.append(f"{name} ({type(module).__name__}): {why}")
                 continue
-            name, module = root
+            name, module, built = root
         if module in owner:
             if explicit:
                 emit(f"{name} is coupled with {owner[module].source}: pruned as group "
@@ -275,7 +276,7 @@ def select_groups(model: nn.Module, DG: DependencyGraph, layers: Union[str, Sequ
         if module not in DG.module2node:
             skipped.append(f"{name}: not reached by the traced forward")
             continue
-        group, why = _build_group(DG, name, module, names)
+        group, why = (built, "") if built is not None else _build_group(DG, name, module, names)
         if group is not None and group.units <= group.min_units:
             # also keeps upstream's GroupMagnitudeImportance away from grouped convs with one
             # input channel per group, where it raises IndexError (tests/test_channel_pruner.py)
