@@ -120,6 +120,19 @@ def test_attention_layers_are_reported_not_pruned(layer: str, says: str,
     assert any(re.search(says, m) for m in warned), warned
 
 
+def test_skipped_layers_are_warned_about_once_not_again_after_removal(
+        caplog: pytest.LogCaptureFixture) -> None:
+    model = TinyTransformer()
+    with caplog.at_level(logging.DEBUG, logger="torch_pruning.pat"):
+        pruner = tp.Pruning(model, one_epoch_config([ATTENTION_LAYERS[0], MLP_LAYERS[1]],
+                                                    prune_at_target=True),
+                            example_inputs=torch.randn(1, 3, 16, 16))
+        pruner.prune(model, 0)
+    assert model.encoder.layers[1].linear1.out_features == 32  # removed, so re-traced
+    skips = [r for r in caplog.records if "skips these layers" in r.getMessage()]
+    assert [r.levelno for r in skips] == [logging.WARNING, logging.DEBUG]
+
+
 def test_pruned_transformer_round_trips_through_load_state_dict_pruned() -> None:
     torch.manual_seed(0)
     model, x = TinyTransformer(), torch.randn(2, 3, 16, 16)

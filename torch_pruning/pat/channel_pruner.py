@@ -116,11 +116,14 @@ class ChannelPruner(ChannelPrunerState):
             _ = self.cost_model  # time the layers now, on the model as given (unpruned)
 
     # ------------------------------------------------------------------ construction
-    def _build(self, model: nn.Module, announce: bool) -> None:
+    def _build(self, model: nn.Module, announce: bool, rebuild: bool = False) -> None:
+        """Trace ``model`` and select its groups; ``rebuild`` (after a physical removal) keeps
+        the warnings already given at construction out of the log (debug level)."""
         cfg = self.cfg
+        warn = logging.DEBUG if rebuild else logging.WARNING
         self.graph = build_graph(model, self.example_inputs, self.forward_fn)
         groups = select_groups(model, self.graph, cfg.layers, source=self._source,
-                               log=self.log if announce else None)
+                               log=self.log if announce else None, quiet=rebuild)
         self._counter: Optional[MacCounter] = None  # built on first use (it traces once more)
         needs_costs = cfg.regularize.mac_reg > 0 or (
             cfg.pruning_method == PruningMethod.MAC_AWARE and cfg.MAC_params.use_macs)
@@ -133,7 +136,7 @@ class ChannelPruner(ChannelPrunerState):
                     if not (accepts(g.group) if accepts else self.importance(g.group) is not None)]
         if unranked:
             emit(f"{cfg.pruning_method.value} cannot rank these groups (no layer it scores); "
-                 f"they are not pruned: {unranked}", self.log, logging.WARNING, logger)
+                 f"they are not pruned: {unranked}", self.log, warn, logger)
         self.groups = [g for g in groups if g.source not in unranked]
         for number, g in enumerate(self.groups, 1):
             g.number = number
@@ -141,7 +144,7 @@ class ChannelPruner(ChannelPrunerState):
             log_groups(self.groups, self.log)
         if not self.groups:
             emit(f"{SECTION}.layers selects no prunable group: channel pruning does nothing.",
-                 self.log, logging.WARNING, logger)
+                 self.log, warn, logger)
         self._pruned = {g.number: torch.zeros(g.units, dtype=torch.bool) for g in self.groups}
         reg = cfg.regularize
         self.regularizer = None
@@ -403,7 +406,7 @@ class ChannelPruner(ChannelPrunerState):
             for (m, n), old in params_before.items()
             if getattr(m, n) is not old and (m, n) in self.masks.last_reindex}
         try:
-            self._build(model, announce=False)
+            self._build(model, announce=False, rebuild=True)
         except Exception as exc:
             if not heads:
                 raise

@@ -234,12 +234,14 @@ def _heads_root(DG: DependencyGraph, attention: nn.Module, names: Dict[nn.Module
 
 
 def select_groups(model: nn.Module, DG: DependencyGraph, layers: Union[str, Sequence[str]], *,
-                  source: str = "", log: Optional[UserLog] = None) -> List[ChannelGroup]:
+                  source: str = "", log: Optional[UserLog] = None,
+                  quiet: bool = False) -> List[ChannelGroup]:
     """The dependency groups rooted at the configured layers, in model order, numbered from 1.
 
     A layer whose channels are already in an earlier group joins that group. Layers that cannot
     be pruned (channels that are model outputs, layers upstream cannot mask, layers the traced
-    forward never reached) are reported by name and skipped.
+    forward never reached) are reported by name and skipped; ``quiet`` (a re-selection after a
+    physical removal) reports them at debug level only.
 
     Example:
         >>> net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 1), nn.Flatten())
@@ -269,7 +271,7 @@ def select_groups(model: nn.Module, DG: DependencyGraph, layers: Union[str, Sequ
                 continue
             name, module, built = root
         if module in owner:
-            if explicit:
+            if explicit and not quiet:
                 emit(f"{name} is coupled with {owner[module].source}: pruned as group "
                      f"{owner[module].number}", log, logger=logger)
             continue
@@ -293,8 +295,9 @@ def select_groups(model: nn.Module, DG: DependencyGraph, layers: Union[str, Sequ
             if DG.is_out_channel_pruning_fn(dep.handler):
                 owner.setdefault(dep.target.module, group)
     if skipped:
+        level = logging.DEBUG if quiet else logging.WARNING if explicit else logging.INFO
         emit("Channel pruning skips these layers:\n  " + "\n  ".join(skipped), log,
-             level=logging.WARNING if explicit else logging.INFO, logger=logger)
+             level=level, logger=logger)
     DG.attention_inputs = {}  # only needed to check head removal; frees the activations
     return groups
 
