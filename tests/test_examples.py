@@ -24,7 +24,7 @@ TOLERANCE = 0.01  # MACs may land at most 1% of the original above mac_target
 # Per-example budgets in seconds (a few times their duration on two busy cores); pytest-timeout
 # gets 15 s more so the example's own timeout fires first and reports its output.
 BUDGET = {"digits_pat": 165, "two_inputs": 105, "resume": 165, "one_shot": 105,
-          "infer_rebuild": 105, "ddp_pat": 165}
+          "infer_rebuild": 105, "ddp_pat": 165, "transformer_heads": 105}
 
 
 def run_example(args: List[str], out: Path, timeout: float) -> str:
@@ -186,8 +186,28 @@ def test_ddp_two_processes_gloo(tmp_path: Path) -> None:
     assert channel_state(tmp_path)["reach_mac_target"] is True
 
 
+@pytest.mark.timeout(BUDGET["transformer_heads"] + 15)
+def test_transformer_heads(tmp_path: Path) -> None:
+    stdout = run_example(["examples/transformer_heads.py", "--out", str(tmp_path), "--quick"],
+                         tmp_path, BUDGET["transformer_heads"])
+    s = load_json(tmp_path / "summary.json")
+    assert s["reach_mac_target"] is True
+    assert s["mac_target"] - 0.05 <= s["macs_ratio"] <= s["mac_target"] + TOLERANCE
+    assert s["heads_before"] == [4, 4, 4]
+    assert all(1 <= h < 4 for h in s["heads_after"])  # whole heads removed in every block
+    assert s["q_proj_out_after"] == [16 * h for h in s["heads_after"]]  # head_dim kept
+    assert all(n < 128 for n in s["mlp_hidden_after"])
+    assert s["pat"]["accuracy"] >= s["baseline"]["accuracy"] - 3.0
+    reload = s["reload"]
+    assert (reload["missing"], reload["unexpected"]) == ([], [])
+    assert reload["heads"] == s["heads_after"] and reload["output_max_diff"] <= 1e-5
+    assert "heads and features removed, optimizer re-created" in \
+        (tmp_path / "pat.log").read_text()
+    assert "reloaded into a fresh split model" in stdout
+
+
 TESTED = {"digits_pat.py", "two_inputs.py", "resume.py", "one_shot.py", "infer_rebuild.py",
-          "ddp_pat.py"}
+          "ddp_pat.py", "transformer_heads.py"}
 
 
 def test_every_example_is_tested_and_has_its_config() -> None:
