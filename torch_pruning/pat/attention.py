@@ -104,12 +104,21 @@ class AttentionHeads:
 
         Used like an upstream pruning handler: the MAC counter runs it on its skeleton.
         """
-        old = getattr(module, self.attr)
-        new = old - len(heads)
-        setattr(module, self.attr, new)
-        for attr in _WIDTH_ATTRS:
-            if getattr(module, attr, None) == old * self.head_dim:
-                setattr(module, attr, new * self.head_dim)
+        for attr, value in _head_counts(module, self.attr,
+                                        getattr(module, self.attr) - len(heads)).items():
+            setattr(module, attr, value)
+
+
+def _head_counts(module: nn.Module, attr: str, new: int) -> Dict[str, int]:
+    """The attributes of ``module`` with ``new`` heads of unchanged width: the head count
+    ``attr`` and each of :data:`_WIDTH_ATTRS` holding a multiple of the current count."""
+    old = getattr(module, attr)
+    counts = {attr: new}
+    for width in _WIDTH_ATTRS:
+        value = getattr(module, width, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value % old == 0:
+            counts[width] = value // old * new
+    return counts
 
 
 def _enclosing(root_name: str, modules: Mapping[str, nn.Module]
@@ -184,9 +193,8 @@ def removal_is_exact(heads: AttentionHeads, slices: Sequence[Any],
                      inputs: Optional[Tuple[Any, Any]]) -> str:
     """``""`` when removing a head computes what masking it does, else the reason it does not.
 
-    Checked once per attention module on the inputs it got while tracing: one copy has the
-    last head's slices (``slices``: the group's :class:`~torch_pruning.pat.channel_group.ParamSlice`)
-    zeroed, another has them removed by upstream's handlers and the head count lowered; both
+    Checked on the inputs the attention got while tracing: one copy has the last head's slices
+    (``slices``: the group's :class:`~torch_pruning.pat.channel_group.ParamSlice` list) zeroed, another has them removed by upstream's handlers and the head count lowered; both
     must run and agree. This catches layouts the index check cannot see (q, k and v of a head
     interleaved) and forwards that reshape with a fixed width.
     """
@@ -273,17 +281,12 @@ def head_count_plans(modules: Mapping[str, nn.Module],
                 out = new_features[key][1]
                 if out != sub.out_features:
                     ratios.append((out, sub.out_features))
-        new = {count * out // old for out, old in ratios if (count * out) % old == 0}
-        if len(new) == 1 and len(ratios) and all((count * o) % d == 0 for o, d in ratios):
-            heads = new.pop()
-            if heads != count:
-                plan = {attr: heads}
-                for width in _WIDTH_ATTRS:
-                    value = getattr(module, width, None)
-                    if isinstance(value, int) and value % count == 0:
-                        plan[width] = value // count * heads
-                plans[name] = plan
-        elif ratios:
+        if not ratios:
+            continue
+        heads = {count * out // old for out, old in ratios}
+        if len(heads) == 1 and all((count * out) % old == 0 for out, old in ratios):
+            plans[name] = _head_counts(module, attr, heads.pop())
+        else:
             emit(f"{name or '<root>'}: its projections shrank in different proportions "
                  f"{sorted(set(ratios))}; its head count {attr}={count} is left as it is",
                  level=logging.WARNING, logger=logger)

@@ -201,11 +201,11 @@ def _attention_modules(names: Dict[nn.Module, str]) -> List[Tuple[str, int, str]
 
     found = []
     for m, name in names.items():
+        attr = head_count_attr(m)
         if isinstance(m, nn.MultiheadAttention):
             found.append((name or "<model>", m.num_heads, "nn.MultiheadAttention: call "
                           "torch_pruning.pat.split_multihead_attention(model) first"))
-        elif head_count_attr(m) and any(isinstance(c, nn.Linear) for c in m.modules()):
-            attr = head_count_attr(m)
+        elif attr and any(isinstance(c, nn.Linear) for c in m.modules()):
             found.append((name or "<model>", getattr(m, attr),
                           f"{type(m).__name__} ({attr}): list it in layers"))
     return found

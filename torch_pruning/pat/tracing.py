@@ -18,9 +18,8 @@ import torch
 from torch import nn
 
 from torch_pruning.dependency import DependencyGraph
-from torch_pruning.utils import flatten_as_list
 
-from .attention import head_count_attr
+from .attention import head_count_attr, tensors_in
 
 __all__ = ["call_model", "build_graph"]
 
@@ -78,9 +77,7 @@ def build_graph(model: nn.Module, example_inputs: Any,
 
     def traced(m: nn.Module, inputs: Any) -> Any:
         out = (forward_fn or call_model)(m, inputs)
-        flat = flatten_as_list(out)
-        outputs.extend(t.grad_fn for t in (flat if isinstance(flat, list) else [flat])
-                       if isinstance(t, torch.Tensor))
+        outputs.extend(t.grad_fn for t in tensors_in(out))
         return out
 
     try:
