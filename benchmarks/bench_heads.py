@@ -35,7 +35,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.p
 import torchvision  # noqa: E402
 
 import torch_pruning as tp  # noqa: E402
-from torch_pruning.pat.tracing import build_graph  # noqa: E402
+from torch_pruning.pat.channel.tracing import build_graph  # noqa: E402
 
 SIZE, DEPTH = 64, 12
 ATTENTION = [f"encoder.layers.encoder_layer_{i}.self_attention" for i in range(DEPTH)]

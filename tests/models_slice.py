@@ -11,7 +11,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from torch_pruning.pat.masks import MaskSet
+from torch_pruning.pat.core.masks import MaskSet
 
 __all__ = ["MixedConvNet", "ChainNet", "mask_channels", "SLICE_LAYERS"]
 

@@ -22,7 +22,7 @@ import pytest
 import torch
 from torch import nn
 
-from torch_pruning.pat.analyze import analyze_run, epoch_of, main
+from torch_pruning.pat.tools.analyze import analyze_run, epoch_of, main
 
 ROOT = Path(__file__).resolve().parents[1]
 

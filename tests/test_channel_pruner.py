@@ -18,11 +18,11 @@ from models import MODELS, ConcatCNN, GroupedCNN, ResidualCNN, SmallCNN, TwoInpu
 from torch import nn
 
 import torch_pruning as tp
-from torch_pruning.pat.channel_pruner import ChannelPruner
-from torch_pruning.pat.config import ChannelSparsityArgs
-from torch_pruning.pat.config_io import PruningConfigError
-from torch_pruning.pat.groups import build_graph
-from torch_pruning.pat.masks import MaskSet
+from torch_pruning.pat.channel.pruner import ChannelPruner
+from torch_pruning.pat.config.models import ChannelSparsityArgs
+from torch_pruning.pat.config.io import PruningConfigError
+from torch_pruning.pat.channel.grouping import build_graph
+from torch_pruning.pat.core.masks import MaskSet
 
 X = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
 
@@ -634,7 +634,7 @@ def test_grouped_convs_keep_two_channels_per_group() -> None:
 
 
 def test_upstream_counter_prints_but_ours_logs(capsys: pytest.CaptureFixture) -> None:
-    from torch_pruning.pat.macs import MacCounter
+    from torch_pruning.pat.core.macs import MacCounter
 
     model = TwoInputNet()
     inputs = {"image": torch.randn(1, 3, 16, 16), "depth": torch.randn(1, 1, 16, 16)}

@@ -19,9 +19,9 @@ import torch
 from torch import nn
 
 import torch_pruning
-from torch_pruning.pat import checkpoint
-from torch_pruning.pat.checkpoint import CheckpointError, optimizer_state_matches
-from torch_pruning.pat.checkpoint_rebuild import RebuildPlan, register_rebuild_rule
+from torch_pruning.pat.checkpoint import loading as checkpoint
+from torch_pruning.pat.checkpoint.loading import CheckpointError, optimizer_state_matches
+from torch_pruning.pat.checkpoint.rebuild import RebuildPlan, register_rebuild_rule
 
 from models_checkpoint import (REBUILDABLE, AttentionNet, Conv1dNet, Conv3dNet, ConvTransposeNet,
                                CrossAttentionNet, EmbeddingNet, GroupedConvNet, LayerNormMLP,
@@ -285,7 +285,7 @@ def test_strict_false_returns_missing_and_unexpected_keys() -> None:
 
 
 def test_log_names_the_rebuilt_layers(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.INFO, logger="torch_pruning.pat.checkpoint"):
+    with caplog.at_level(logging.INFO, logger="torch_pruning.pat.checkpoint.loading"):
         load_state_dict_pruned(Conv1dNet(6), Conv1dNet(3).state_dict())
     assert "rebuilt 4 module(s)" in caplog.text
     assert "conv (Conv1d: out_channels 6->3)" in caplog.text  # only attributes that changed

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 import torch_pruning as tp
-from torch_pruning.pat import checkpoint
+from torch_pruning.pat.checkpoint import loading as checkpoint
 
 from models_checkpoint import randomize
 

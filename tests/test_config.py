@@ -11,8 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from torch_pruning.pat.config import ChannelSparsityArgs, PruningConfig, config_json_schema
-from torch_pruning.pat.config_io import (PruningConfigError, load_config, validate_config,
+from torch_pruning.pat.config.models import ChannelSparsityArgs, PruningConfig, config_json_schema
+from torch_pruning.pat.config.io import (PruningConfigError, load_config, validate_config,
                                          write_state)
 
 SEED_LIKE = {
@@ -230,7 +230,7 @@ def test_random_file_text_never_crashes(tmp_path_factory, text: str) -> None:
 
 
 def test_configuration_reference_is_up_to_date() -> None:
-    from torch_pruning.pat.config_docs import config_reference_markdown
+    from torch_pruning.pat.config.docs import config_reference_markdown
 
     page = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
     assert page.read_text() == config_reference_markdown(), (

@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 import torch_pruning as tp
-from torch_pruning.pat.config import ChannelSparsityArgs
-from torch_pruning.pat.config_io import PruningConfigError
+from torch_pruning.pat.config.models import ChannelSparsityArgs
+from torch_pruning.pat.config.io import PruningConfigError
 from torch_pruning.pat.facade import make_example_inputs, normalize_forward_fn
 
 

@@ -10,16 +10,11 @@ from models import TwinBranchCNN
 from torch import nn
 
 import torch_pruning as tp
-from torch_pruning.pat.channel_pruner import ChannelPruner
-from torch_pruning.pat.config import ChannelSparsityArgs, MACParams, PruningMethod
-from torch_pruning.pat.importance import (
-    BNScaleImportance,
-    GroupNormImportance,
-    Importance,
-    MACAwareImportance,
-    make_importance,
-)
-from torch_pruning.pat.masks import MaskSet
+from torch_pruning.pat.channel.pruner import ChannelPruner
+from torch_pruning.pat.config.models import ChannelSparsityArgs, MACParams, PruningMethod
+from torch_pruning.pat.channel.importance import (BNScaleImportance, GroupNormImportance,
+                                                  Importance, MACAwareImportance, make_importance)
+from torch_pruning.pat.core.masks import MaskSet
 
 
 def _chain() -> nn.Sequential:

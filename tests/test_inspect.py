@@ -13,10 +13,10 @@ import torchvision
 from torch import nn
 
 import torch_pruning as tp
-from torch_pruning.pat.cli import main
-from torch_pruning.pat.config import ChannelSparsityArgs, SliceSparsityArgs
-from torch_pruning.pat.config_io import load_config
-from torch_pruning.pat.inspect_model import ToolError, load_model, parse_input_shape
+from torch_pruning.pat.tools.cli import main
+from torch_pruning.pat.config.models import ChannelSparsityArgs, SliceSparsityArgs
+from torch_pruning.pat.config.io import load_config
+from torch_pruning.pat.tools.inspect import ToolError, load_model, parse_input_shape
 
 RESNET = "torchvision.models:resnet18"
 CONV_ROW = re.compile(r"^\s*\d+\s+(\S+)\s+(\d+x\d+x\d+x\d+)\s+(\d+|-)\s+([\d,]+)\s+[\d.]+%",
@@ -258,6 +258,6 @@ def test_inspect_lists_attention_modules_and_how_their_heads_are_pruned(capsys) 
                       r"split_multihead_attention\(model\) first$", out, re.MULTILINE)
     assert len(rows) == 12
     from models_transformer import HeadsTransformer
-    from torch_pruning.pat.model_summary import format_summary, summarize_model
+    from torch_pruning.pat.tools.summary import format_summary, summarize_model
     text = format_summary(summarize_model(HeadsTransformer(), torch.randn(1, 6, 12)))
     assert "  blocks.0.attn: 4 heads, HeadsAttention (num_heads): list it in layers" in text

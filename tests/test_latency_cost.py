@@ -14,8 +14,8 @@ from models import DepthwiseCNN, TwinBranchCNN
 from torch import nn
 
 import torch_pruning as tp
-from torch_pruning.pat import latency
-from torch_pruning.pat.latency import LATENCY_TABLE
+from torch_pruning.pat.core import latency
+from torch_pruning.pat.core.latency import LATENCY_TABLE
 
 X = torch.randn(1, 3, 8, 8)
 MUL = {"use_macs": True, "type": "Mul", "beta": 1.0}

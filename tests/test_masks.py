@@ -12,9 +12,9 @@ from hypothesis import strategies as st
 from models import ResidualCNN, SmallCNN
 from torch import nn
 
-from torch_pruning.pat.channel_pruner import ChannelPruner
-from torch_pruning.pat.config import ChannelSparsityArgs
-from torch_pruning.pat.masks import MaskSet
+from torch_pruning.pat.channel.pruner import ChannelPruner
+from torch_pruning.pat.config.models import ChannelSparsityArgs
+from torch_pruning.pat.core.masks import MaskSet
 
 OPTIMIZERS: Dict[str, Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]] = {
     "sgd-momentum": lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, weight_decay=1e-2),

@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 import torch_pruning as tp
-from torch_pruning.pat.masks import MaskSet
-from torch_pruning.pat.report import PruningReport, layer_stats
+from torch_pruning.pat.core.masks import MaskSet
+from torch_pruning.pat.tools.report import PruningReport, layer_stats
 
 
 class Plain(nn.Module):

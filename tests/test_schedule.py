@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from torch_pruning.pat.config import ChannelSparsityArgs
-from torch_pruning.pat.schedule import ChannelSchedule
+from torch_pruning.pat.config.models import ChannelSparsityArgs
+from torch_pruning.pat.core.schedule import ChannelSchedule
 
 
 @pytest.mark.parametrize("start,end,rate,final,expected", [

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import torch_pruning as tp
-from torch_pruning.pat.slice_layout import conv_block_size, is_depthwise, slice_layout
+from torch_pruning.pat.slice.layout import conv_block_size, is_depthwise, slice_layout
 
 # (weight shape C_out x C_in x H x W, A, surviving filters or None for all)
 CASES = [

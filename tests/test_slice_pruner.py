@@ -11,11 +11,11 @@ import torch
 from torch import nn
 
 import torch_pruning as tp
-from torch_pruning.pat.config import SliceMode, SliceSparsityArgs
-from torch_pruning.pat.config_io import PruningConfigError
-from torch_pruning.pat.masks import MaskSet
-from torch_pruning.pat.slice_layout import conv_block_size, slice_layout
-from torch_pruning.pat.slice_pruner import SlicePruner, SliceSchedule
+from torch_pruning.pat.config.models import SliceMode, SliceSparsityArgs
+from torch_pruning.pat.config.io import PruningConfigError
+from torch_pruning.pat.core.masks import MaskSet
+from torch_pruning.pat.slice.layout import conv_block_size, slice_layout
+from torch_pruning.pat.slice.pruner import SlicePruner, SliceSchedule
 
 from models_slice import SLICE_LAYERS, ChainNet, MixedConvNet, mask_channels
 

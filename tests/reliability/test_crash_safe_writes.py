@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from torch_pruning.pat.config_io import load_config, write_state
+from torch_pruning.pat.config.io import load_config, write_state
 
 ROOT = Path(__file__).resolve().parents[2]
 
 _WRITER = """
 import sys
 sys.path.insert(0, {root!r})
-from torch_pruning.pat.config_io import write_state
+from torch_pruning.pat.config.io import write_state
 path = {path!r}
 i = 0
 print("ready", flush=True)
@@ -57,7 +57,7 @@ def test_kill_during_write_leaves_a_valid_config(tmp_path: Path, delay: float) -
 def test_write_state_only_on_rank_zero(tmp_path: Path, monkeypatch) -> None:
     path = tmp_path / "pruning_config.json"
     path.write_text(json.dumps(CONFIG))
-    monkeypatch.setattr("torch_pruning.pat.config_io.is_rank_zero", lambda: False)
+    monkeypatch.setattr("torch_pruning.pat.config.io.is_rank_zero", lambda: False)
     assert write_state(path, "channel_sparsity_args", {"reach_mac_target": True}) is False
     assert json.loads(path.read_text()) == CONFIG
 
@@ -65,7 +65,7 @@ def test_write_state_only_on_rank_zero(tmp_path: Path, monkeypatch) -> None:
 _REPORT_WRITER = """
 import sys
 sys.path.insert(0, {root!r})
-from torch_pruning.pat._io import atomic_write_bytes
+from torch_pruning.pat.util.io import atomic_write_bytes
 payloads = [b"a" * 200_000, b"b" * 700_000]  # like pruning_report.png / .txt rewrites
 print("ready", flush=True)
 i = 0

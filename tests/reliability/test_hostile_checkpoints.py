@@ -18,7 +18,7 @@ from torch import nn
 
 import torch_pruning as tp
 from models import MODELS, SmallCNN, TwoInputNet
-from torch_pruning.pat.checkpoint import CheckpointError
+from torch_pruning.pat.checkpoint.loading import CheckpointError
 
 X = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
 PRUNE_AT_INIT = {"channel_sparsity_args": {

@@ -22,14 +22,14 @@ __all__ = ["Pruning", "load_state_dict_pruned", "PruningConfigError", "PruningCo
 
 _LAZY: Dict[str, str] = {
     "Pruning": ".facade",
-    "load_state_dict_pruned": ".checkpoint",
-    "CheckpointError": ".checkpoint",
-    "optimizer_state_matches": ".checkpoint",
-    "PruningConfigError": ".config_io",
-    "PruningConfig": ".config",
-    "MaskSet": ".masks",
-    "SplitMultiheadAttention": ".split_attention",
-    "split_multihead_attention": ".split_attention",
+    "load_state_dict_pruned": ".checkpoint.loading",
+    "CheckpointError": ".checkpoint.loading",
+    "optimizer_state_matches": ".checkpoint.loading",
+    "PruningConfigError": ".config.io",
+    "PruningConfig": ".config.models",
+    "MaskSet": ".core.masks",
+    "SplitMultiheadAttention": ".attention.split",
+    "split_multihead_attention": ".attention.split",
 }
 
 # Names attached to ``torch_pruning`` and ``torch_pruning.utils`` when it is imported.

@@ -1,8 +1,8 @@
-"""``python -m torch_pruning.pat``: see :mod:`torch_pruning.pat.cli`."""
+"""``python -m torch_pruning.pat``: see :mod:`torch_pruning.pat.tools.cli`."""
 
 import sys
 
-from .cli import main
+from .tools.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

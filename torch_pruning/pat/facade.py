@@ -24,14 +24,14 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from ._log import UserLog, emit
-from ._model import model_device, to_device, unwrap_model
-from .config import ChannelSparsityArgs
-from .config_io import CONFIG_FILENAME, ConfigSource, PruningConfigError, load_config
-from .masks import MaskSet
+from .util.log import UserLog, emit
+from .util.model import model_device, to_device, unwrap_model
+from .config.models import ChannelSparsityArgs
+from .config.io import CONFIG_FILENAME, ConfigSource, PruningConfigError, load_config
+from .core.masks import MaskSet
 
 if TYPE_CHECKING:
-    from .report import PruningReport
+    from .tools.report import PruningReport
 
 __all__ = ["Pruning", "InertPruner", "normalize_forward_fn", "make_example_inputs"]
 
@@ -133,7 +133,7 @@ class Pruning:
     Args:
         model: the model to prune (may be wrapped in DistributedDataParallel).
         config_folder: a folder holding ``pruning_config.json``, a path to a ``.json`` file, a
-            dict, or a :class:`~torch_pruning.pat.config.PruningConfig`. No file: pruning is
+            dict, or a :class:`~torch_pruning.pat.config.models.PruningConfig`. No file: pruning is
             disabled with one log line and every call below is a no-op.
         forward_fn: how to run the model on the example inputs while tracing: the seed's
             ``model.forward`` or upstream's ``fn(model, inputs)``.
@@ -190,7 +190,7 @@ class Pruning:
                        example_inputs: Optional[Inputs], source: str,
                        log: Optional[UserLog]) -> None:
         if loaded.channel is not None:
-            from .channel_pruner import ChannelPruner
+            from .channel.pruner import ChannelPruner
 
             inputs = (to_device(example_inputs, self.device) if example_inputs is not None
                       else make_example_inputs(loaded.channel, self.device, source))
@@ -200,7 +200,7 @@ class Pruning:
                 forward_fn=normalize_forward_fn(forward_fn, model), masks=self.masks,
                 config_path=loaded.path, log=log)
         if loaded.slice is not None:
-            from .slice_pruner import SlicePruner
+            from .slice.pruner import SlicePruner
 
             self.slice_pruner = SlicePruner(model, loaded.slice, masks=self.masks, log=log)
 
@@ -240,7 +240,7 @@ class Pruning:
         """
         if self._before is None and self.example_inputs is not None \
                 and not self.channel_pruner.reached_target:
-            from .report import layer_stats
+            from .tools.report import layer_stats
 
             self._before = layer_stats(self.model, self.example_inputs)
 
@@ -256,7 +256,7 @@ class Pruning:
             ...     optimizer = pruner.carry_optimizer_state(optimizer)
             ...     pruner.channel_pruner.reset_optimizer = False
         """
-        from .optim_state import carry_optimizer_state
+        from .checkpoint.optimizer import carry_optimizer_state
 
         replaced = getattr(self.channel_pruner, "replaced_params", None)
         if not replaced:
@@ -275,7 +275,7 @@ class Pruning:
         Example:
             >>> print(pruner.report().text())  # doctest: +SKIP
         """
-        from .report import PruningReport, layer_stats
+        from .tools.report import PruningReport, layer_stats
 
         self._capture_before()
         if self.example_inputs is None or self._before is None:

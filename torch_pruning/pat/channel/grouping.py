@@ -1,0 +1,325 @@
+"""Dependency groups of the channel pruner: layer selection and coupled parameters.
+
+Upstream's :class:`~torch_pruning.dependency.DependencyGraph` is built once from the example
+inputs (:func:`~torch_pruning.pat.channel.tracing.build_graph`); the groups rooted at the configured
+``layers`` are selected from it (:func:`select_groups`) as
+:class:`~torch_pruning.pat.channel.group.ChannelGroup` objects: upstream's group (for
+importance and physical removal) plus a flat list of ``ParamSlice`` — *which positions of which
+parameter belong to which root channel* — that masks, regularization and MAC counting share.
+
+Example:
+    >>> net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 1))
+    >>> DG = build_graph(net, torch.randn(1, 3, 8, 8))
+    >>> [g.source for g in select_groups(net, DG, ["0"])]
+    ['0']
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from torch_pruning import ops
+from torch_pruning.dependency import Dependency, DependencyGraph, Group
+from torch_pruning.pruner import function as F
+
+from ..util.log import UserLog, emit
+from ..attention.heads import checked_once, find_heads, head_count_attr
+from .group import ChannelGroup, ParamSlice, keep_masks
+from ..config.io import PruningConfigError
+from ..core.masks import strip_module_prefix
+from .tracing import build_graph, call_model
+
+__all__ = ["ParamSlice", "ChannelGroup", "build_graph", "resolve_layers", "select_groups",
+           "log_groups", "call_model", "keep_masks"]
+
+logger = logging.getLogger(__name__)
+
+LAYERS_FIELD = "channel_sparsity_args.layers"
+_ROOT_TYPES = (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)
+_ATTENTION = (nn.MultiheadAttention,)
+#: Autograd ops of attention written by hand (q @ k, attn @ v): upstream couples the channels
+#: through them like an elementwise op, which removal does not preserve per head.
+_PRODUCT_OPS = ("BmmBackward", "BaddbmmBackward", "ScaledDotProduct")
+#: Why an nn.MultiheadAttention listed in ``layers`` is skipped (logged with its name).
+_HEADS_UNSUPPORTED = (
+    "its heads cannot be pruned: nn.MultiheadAttention ties every head's width to the "
+    "embedding dimension, and upstream can only shrink head_dim together with the embedding, "
+    "which masks cannot mirror exactly; call torch_pruning.pat.split_multihead_attention(model) "
+    "before Pruning(...) to prune its heads whole, or list the block's MLP Linear layers")
+
+
+def _long(values: Sequence[int]) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(values, dtype=np.int64))
+
+
+def _is_dummy(dep: Dependency) -> bool:
+    return isinstance(getattr(dep.handler, "__self__", None), ops.DummyPruner)
+
+
+def _slices_of(dep: Dependency, idxs: torch.Tensor,
+               roots: torch.Tensor) -> Optional[List[Tuple[str, int, torch.Tensor, torch.Tensor]]]:
+    """(param name, dim, positions, roots) touched by one dependency; None when unsupported."""
+    m, h = dep.target.module, dep.handler
+    both = [("weight", 0), ("bias", 0)]
+    if h == F.prune_conv_out_channels:
+        if m.transposed and m.groups > 1:
+            return None
+        spec = [("weight", 1 if m.transposed else 0), ("bias", 0)]
+    elif h == F.prune_conv_in_channels:
+        if m.transposed:
+            if m.groups > 1:
+                return None
+            spec = [("weight", 0)]
+        elif m.groups > 1:
+            per_group = m.in_channels // m.groups
+            if idxs.numel() != m.in_channels:
+                return None
+            pos, first = torch.unique(idxs % per_group, return_inverse=True)
+            owner = torch.empty_like(pos).scatter_(0, first.flip(0), roots.flip(0))
+            return [("weight", 1, pos, owner)]
+        else:
+            spec = [("weight", 1)]
+    elif h in (F.prune_depthwise_conv_out_channels, F.prune_linear_out_channels,
+               F.prune_batchnorm_out_channels, F.prune_groupnorm_out_channels,
+               F.prune_instancenorm_out_channels):
+        spec = both
+    elif h == F.prune_linear_in_channels:
+        spec = [("weight", 1)]
+    elif h == F.prune_prelu_out_channels:
+        spec = [("weight", 0)] if m.num_parameters > 1 else []
+    elif h == F.prune_layernorm_out_channels:
+        if m.weight is not None and len(m.normalized_shape) < -dep.target.pruning_dim:
+            return None
+        pd = dep.target.pruning_dim
+        dim = pd if pd >= 0 or m.weight is None else m.weight.dim() + pd
+        spec = [("weight", dim), ("bias", dim)]
+    elif _is_dummy(dep):
+        spec = []
+    else:
+        return None
+    return [(name, dim, idxs, roots) for name, dim in spec
+            if isinstance(getattr(m, name, None), torch.Tensor)]
+
+
+def resolve_layers(model: nn.Module, layers: Union[str, Sequence[str]],
+                   source: str = "") -> List[Tuple[str, nn.Module]]:
+    """The configured ``layers`` as ``(name, module)``; ``"all"`` = every Conv2d.
+
+    Raises :class:`PruningConfigError` naming ``channel_sparsity_args.layers`` for an unknown
+    name (with close matches) or a layer that is not a Conv2d/ConvTranspose2d/Linear or an
+    attention module (a MultiheadAttention, which :func:`select_groups` reports as not pruned,
+    or a module with a head count attribute, whose heads are pruned).
+
+    Example:
+        >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+        >>> [name for name, _ in resolve_layers(net, "all")]
+        ['0']
+    """
+    named = {strip_module_prefix(n): m for n, m in model.named_modules() if n}
+    prunable = [n for n, m in named.items() if isinstance(m, _ROOT_TYPES)]
+    if layers == "all":
+        return [(n, named[n]) for n in prunable if isinstance(named[n], nn.Conv2d)]
+    out: List[Tuple[str, nn.Module]] = []
+    for raw in layers:
+        name = strip_module_prefix(raw)
+        if name not in named:
+            close = difflib.get_close_matches(name, prunable, n=5, cutoff=0.5) or \
+                difflib.get_close_matches(name, list(named), n=5, cutoff=0.5)
+            hint = (f"; close matches: {', '.join(close)}" if close else
+                    f"; the model's Conv2d layers are: {', '.join(prunable[:20])}"
+                    + (" ..." if len(prunable) > 20 else ""))
+            raise PruningConfigError(f"{LAYERS_FIELD}: no module named '{raw}' in "
+                                     f"{type(model).__name__}{hint}", source=source,
+                                     field=LAYERS_FIELD)
+        if not (isinstance(named[name], _ROOT_TYPES + _ATTENTION)
+                or head_count_attr(named[name])):
+            raise PruningConfigError(
+                f"{LAYERS_FIELD}: '{raw}' is a {type(named[name]).__name__}; list Conv2d layers "
+                "(ConvTranspose2d, Linear and attention modules are accepted too)",
+                source=source, field=LAYERS_FIELD)
+        out.append((name, named[name]))
+    return out
+
+
+def _channel_groups(DG: DependencyGraph, group: Group) -> List[int]:
+    found = []
+    for dep, _ in group:
+        m = dep.target.module
+        pruner = DG.get_pruner_of_module(m) if isinstance(m, nn.Module) else None
+        if pruner is None or (isinstance(m, ops.TORCH_CONV) and m.groups == m.out_channels):
+            continue
+        n = (pruner.get_out_channel_groups(m) if DG.is_out_channel_pruning_fn(dep.handler)
+             else pruner.get_in_channel_groups(m))
+        if n > 1:
+            found.append(n)
+    return found
+
+
+def _build_group(DG: DependencyGraph, name: str, module: nn.Module,
+                 names: Dict[nn.Module, str]) -> Tuple[Optional[ChannelGroup], str]:
+    """The group rooted at ``module``'s output channels, or None and why it is skipped."""
+    pruner = DG.get_pruner_of_module(module)
+    channels = pruner.get_out_channels(module)
+    group = DG.get_pruning_group(module, pruner.prune_out_channels, list(range(channels)))
+    attention = [names.get(dep.target.module, "?") for dep, _ in group
+                 if isinstance(dep.target.module, _ATTENTION)]
+    if attention:
+        return None, (f"its channels are the embedding dimension of attention {attention[0]} "
+                      "(MultiheadAttention), which cannot be masked exactly (the attention "
+                      "scale and LayerNorm statistics would change)")
+    products = [dep.target.grad_fn.name() for dep, _ in group
+                if dep.target.grad_fn is not None
+                and any(op in dep.target.grad_fn.name() for op in _PRODUCT_OPS)]
+    ch = [] if products else _channel_groups(DG, group)
+    ch_groups = max(ch) if ch else 1
+    if any(n != ch_groups for n in ch) or channels % ch_groups:
+        return None, f"grouped layers with different group counts {sorted(set(ch))}"
+    slices: List[ParamSlice] = []
+    items, deps, mods = [], [], []
+    for item in group:
+        dep = item.dep
+        if dep.target.type == ops.OPTYPE.OUTPUT or (
+                DG.is_out_channel_pruning_fn(dep.handler)
+                and dep.target.module in getattr(DG, "output_modules", ())):
+            return None, "its channels are outputs of the model"
+        idxs, roots = _long(item.idxs), _long(item.root_idxs)
+        found = _slices_of(dep, idxs, roots)
+        target = names.get(dep.target.module) if isinstance(dep.target.module, nn.Module) else None
+        if found is None or (found and target is None):
+            label = target or getattr(dep.target, "name", str(dep.target))
+            return None, f"{label} ({type(dep.target.module).__name__}) cannot be masked"
+        if target is None:
+            continue
+        items.append((target, dep, idxs, roots))
+        slices += [ParamSlice(dep.target.module, p, d, i, r) for p, d, i, r in found]
+        if target not in mods:
+            mods.append(target)
+        if target != name and isinstance(dep.target.module, _ROOT_TYPES) and target not in deps:
+            deps.append(target)
+    heads = None
+    if products:
+        heads, why = find_heads(items, name, channels, {n: m for m, n in names.items()})
+        if heads is not None:
+            why = checked_once(DG, heads, slices, items)
+            heads = None if why else heads
+        if heads is None:
+            return None, (f"its channels pass through a batched matrix product ({products[0]}, "
+                          "e.g. attention's q @ k or attn @ v), where only whole heads can be "
+                          f"removed exactly, and {why}")
+    order = {n: i for i, n in enumerate(names.values())}
+    deps.sort(key=lambda n: order.get(n, 0))
+    return ChannelGroup(0, name, module, group, channels, ch_groups, slices, deps, mods,
+                        items, heads), ""
+
+
+def _heads_root(DG: DependencyGraph, attention: nn.Module, names: Dict[nn.Module, str]
+                ) -> Tuple[Optional[Tuple[str, nn.Module, ChannelGroup]], str]:
+    """The first Linear inside ``attention`` whose group is made of ``attention``'s heads (its
+    name, module and group), else None and why its heads cannot be pruned."""
+    why = "none of its Linear layers feeds its heads through q @ k / attn @ v"
+    for sub in attention.modules():
+        if isinstance(sub, nn.Linear) and sub in DG.module2node:
+            group, reason = _build_group(DG, names[sub], sub, names)
+            if group is not None and group.heads is not None and group.heads.module is attention:
+                return (names[sub], sub, group), ""
+            if "matrix product" in reason and why.startswith("none"):
+                why = f"{names[sub]}: {reason}"
+    return None, why
+
+
+def select_groups(model: nn.Module, DG: DependencyGraph, layers: Union[str, Sequence[str]], *,
+                  source: str = "", log: Optional[UserLog] = None,
+                  quiet: bool = False) -> List[ChannelGroup]:
+    """The dependency groups rooted at the configured layers, in model order, numbered from 1.
+
+    A layer whose channels are already in an earlier group joins that group. Layers that cannot
+    be pruned (channels that are model outputs, layers upstream cannot mask, layers the traced
+    forward never reached) are reported by name and skipped; ``quiet`` (a re-selection after a
+    physical removal) reports them at debug level only.
+
+    Example:
+        >>> net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 1), nn.Flatten())
+        >>> [g.source for g in select_groups(net, build_graph(net, torch.randn(1, 3, 8, 8)), "all")]
+        ['0']
+    """
+    names = {m: strip_module_prefix(n) for n, m in model.named_modules()}
+    projections = {m.out_proj: names[m] for m in names if isinstance(m, _ATTENTION)}
+    explicit = layers != "all"
+    groups: List[ChannelGroup] = []
+    owner: Dict[nn.Module, ChannelGroup] = {}
+    skipped: List[str] = []
+    for name, module in resolve_layers(model, layers, source):
+        if isinstance(module, _ATTENTION):
+            skipped.append(f"{name} ({type(module).__name__}, {module.num_heads} heads): "
+                           f"{_HEADS_UNSUPPORTED}")
+            continue
+        if module in projections:
+            skipped.append(f"{name}: the output projection of attention {projections[module]} "
+                           f"(MultiheadAttention); {_HEADS_UNSUPPORTED}")
+            continue
+        built: Optional[ChannelGroup] = None
+        if not isinstance(module, _ROOT_TYPES):  # an attention module with a head count
+            root, why = _heads_root(DG, module, names)
+            if root is None:
+                skipped.append(f"{name} ({type(module).__name__}): {why}")
+                continue
+            name, module, built = root
+        if module in owner:
+            if explicit and not quiet:
+                emit(f"{name} is coupled with {owner[module].source}: pruned as group "
+                     f"{owner[module].number}", log, logger=logger)
+            continue
+        if module not in DG.module2node:
+            skipped.append(f"{name}: not reached by the traced forward")
+            continue
+        group, why = (built, "") if built is not None else _build_group(DG, name, module, names)
+        if group is not None and group.units <= group.min_units:
+            # also keeps upstream's GroupMagnitudeImportance away from grouped convs with one
+            # input channel per group, where it raises IndexError (tests/test_channel_pruner.py)
+            group, why = None, ((f"only {group.units} head(s) in {group.heads.name}"
+                                 if group.heads else
+                                 f"only {group.channels} channel(s) in {group.ch_groups} "
+                                 "channel group(s)") + ": nothing left to prune")
+        if group is None:
+            skipped.append(f"{name}: {why}")
+            continue
+        group.number = len(groups) + 1
+        groups.append(group)
+        for dep, _ in group.group:
+            if DG.is_out_channel_pruning_fn(dep.handler):
+                owner.setdefault(dep.target.module, group)
+    if skipped:
+        level = logging.DEBUG if quiet else logging.WARNING if explicit else logging.INFO
+        emit("Channel pruning skips these layers:\n  " + "\n  ".join(skipped), log,
+             level=level, logger=logger)
+    DG.attention_inputs = {}  # only needed to check head removal; frees the activations
+    return groups
+
+
+def log_groups(groups: Sequence[ChannelGroup], log: Optional[UserLog] = None) -> None:
+    """Log every group in the seed's format, then the summary line.
+
+    Example output::
+
+        *************
+        Group number 1:
+        Source conv: layer1.conv1
+        Dependencies:
+        layer1.conv2
+        *************
+        There are 1 groups of layers, with the following source convs:
+        ['layer1.conv1']
+    """
+    for g in groups:
+        lines = ["*************", f"Group number {g.number}:", f"Source conv: {g.source}",
+                 "Dependencies:"] + (g.dependencies or ["(none)"])
+        emit("\n".join(lines), log, logger=logger)
+    emit("*************", log, logger=logger)
+    emit(f"There are {len(groups)} groups of layers, with the following source convs:\n"
+         f"{[g.source for g in groups]}", log, logger=logger)

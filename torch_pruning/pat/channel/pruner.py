@@ -1,0 +1,447 @@
+"""The channel pruner: grouped importance, regularization, exact masks, MAC target, removal.
+
+The :class:`~torch_pruning.pat.facade.Pruning` facade builds one :class:`ChannelPruner` from
+``channel_sparsity_args`` and calls it from the user's loop::
+
+    loss.backward(); pruner.channel_regularize(model); optimizer.step()   # every step
+    pruner.prune(model, epoch, log=logger)                                # every epoch end
+    if pruner.channel_pruner.reset_optimizer: ...                         # after removal
+
+Lifecycle: *masking* (each scheduled epoch, the lowest-importance channels of each group are
+masked — zero in every coupled parameter, kept zero by :class:`~torch_pruning.pat.core.masks.MaskSet`)
+until the MACs of the masked model are at most ``mac_target`` of the original; then the state is
+written to the config file and, with ``prune_at_target``, the masked channels are removed
+physically through upstream's group pruning. After that ``prune()`` only logs the summary.
+
+Example:
+    >>> masks = MaskSet()
+    >>> pruner = ChannelPruner(model, cfg, example_inputs=torch.randn(1, 3, 32, 32),
+    ...                        masks=masks)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional, Tuple
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from ..util.log import UserLog, emit, human_count
+from ..util.model import unwrap_model
+from .progress import ProgressWatch
+from .regularizer import ChannelRegularizer
+from .state import ChannelPrunerState
+from ..config.models import ChannelSparsityArgs, PruningMethod
+from ..config.io import write_state
+from .group import keep_masks
+from .grouping import log_groups, select_groups
+from .tracing import build_graph
+from .importance import make_importance
+from ..core.latency import LatencyCost, load_or_measure
+from ..core.macs import MacCounter
+from ..core.masks import MaskSet
+from ..core.schedule import ChannelSchedule
+from .ranking import SelectionRules, select_units, with_dead_units
+
+__all__ = ["ChannelPruner"]
+
+logger = logging.getLogger(__name__)
+
+SECTION = "channel_sparsity_args"
+LAYER = "channel"
+_Plan = Dict[int, torch.Tensor]
+
+
+class ChannelPruner(ChannelPrunerState):
+    """Prunes the channels of dependency groups to a MAC budget during training.
+
+    Args:
+        model: the model (DDP/DataParallel wrappers are unwrapped).
+        cfg: the validated ``channel_sparsity_args``.
+        example_inputs: inputs for tracing and MAC counting (tensor, list/tuple or dict).
+        forward_fn: upstream-form ``fn(model, inputs)`` to run the model, or None.
+        masks: the shared :class:`MaskSet`; this pruner owns its ``"channel"`` layer.
+        config_path: the ``pruning_config.json`` the state fields are written back to.
+        log: a user log receiving the same lines as the ``torch_pruning.pat`` logger.
+
+    Attributes:
+        reset_optimizer: set True after a physical removal; the user re-creates the optimizer
+            and sets it back to False.
+        reached_target: True once the target is met (or the config says it was).
+
+    Example:
+        >>> cfg = ChannelSparsityArgs(start_epoch=0, end_epoch=4, global_prune_rate=0.8,
+        ...                           mac_target=0.5)
+        >>> pruner = ChannelPruner(model, cfg, example_inputs=torch.randn(1, 3, 32, 32),
+        ...                        masks=MaskSet())  # doctest: +SKIP
+        >>> pruner.prune(model, 0); pruner.macs() < pruner.base_macs  # doctest: +SKIP
+        True
+    """
+
+    def __init__(self, model: nn.Module, cfg: ChannelSparsityArgs, *, example_inputs: Any,
+                 forward_fn: Optional[Callable[[nn.Module, Any], Any]] = None, masks: MaskSet,
+                 config_path: Optional[Path] = None, log: Optional[UserLog] = None) -> None:
+        self.cfg = cfg
+        self.masks = masks
+        self.config_path = Path(config_path) if config_path is not None else None
+        self.log = log
+        self.example_inputs = example_inputs
+        self.forward_fn = forward_fn
+        self.schedule = ChannelSchedule.from_config(cfg)
+        self.rules = SelectionRules(cfg.block_size, cfg.max_pruning_rate, cfg.global_pruning,
+                                    cfg.isomorphic)
+        self.reset_optimizer = False
+        self.reached_target = bool(cfg.reach_mac_target)
+        self.groups: list = []
+        self.regularizer: Optional[ChannelRegularizer] = None
+        self._model = unwrap_model(model)
+        self._summary = cfg.log_str
+        self._pruned: _Plan = {}
+        self._ratio = 0.0
+        self._last_epoch: Optional[int] = None
+        self._removed = False
+        self._base: Optional[Tuple[float, int]] = None
+        self._source = str(self.config_path) if self.config_path else "<config>"
+        self._watch = ProgressWatch()
+        if self.reached_target:
+            emit(f"{self._source}: reach_mac_target is true, so channel pruning is finished: "
+                 "the model keeps the reduced shapes loaded with load_state_dict_pruned and "
+                 "prune() only logs the stored summary.", log, logger=logger)
+            return
+        self._build(self._model, announce=cfg.verbose >= 1)
+        if cfg.cost == "latency" and self.groups:
+            _ = self.cost_model  # time the layers now, on the model as given (unpruned)
+
+    # ------------------------------------------------------------------ construction
+    def _build(self, model: nn.Module, announce: bool, rebuild: bool = False) -> None:
+        """Trace ``model`` and select its groups; ``rebuild`` (after a physical removal) keeps
+        the warnings already given at construction out of the log (debug level)."""
+        cfg = self.cfg
+        warn = logging.DEBUG if rebuild else logging.WARNING
+        self.graph = build_graph(model, self.example_inputs, self.forward_fn)
+        groups = select_groups(model, self.graph, cfg.layers, source=self._source,
+                               log=self.log if announce else None, quiet=rebuild)
+        self._counter: Optional[MacCounter] = None  # built on first use (it traces once more)
+        needs_costs = cfg.regularize.mac_reg > 0 or (
+            cfg.pruning_method == PruningMethod.MAC_AWARE and cfg.MAC_params.use_macs)
+        self._cost_model: Any = None  # MacCounter, or LatencyCost with cost "latency"
+        cost = {g.root: self.cost_model.cost(dep.target.module for _, dep, _, _ in g.items)
+                for g in groups} if needs_costs else {}
+        self.importance = make_importance(cfg.pruning_method, costs=cost, params=cfg.MAC_params)
+        accepts = getattr(self.importance, "accepts", None)
+        unranked = [g.source for g in groups
+                    if not (accepts(g.group) if accepts else self.importance(g.group) is not None)]
+        if unranked:
+            emit(f"{cfg.pruning_method.value} cannot rank these groups (no layer it scores); "
+                 f"they are not pruned: {unranked}", self.log, warn, logger)
+        self.groups = [g for g in groups if g.source not in unranked]
+        for number, g in enumerate(self.groups, 1):
+            g.number = number
+        if announce:
+            log_groups(self.groups, self.log)
+        if not self.groups:
+            emit(f"{SECTION}.layers selects no prunable group: channel pruning does nothing.",
+                 self.log, warn, logger)
+        self._pruned = {g.number: torch.zeros(g.units, dtype=torch.bool) for g in self.groups}
+        reg = cfg.regularize
+        self.regularizer = None
+        if not cfg.infer and (reg.reg > 0 or reg.mac_reg > 0):
+            self.regularizer = ChannelRegularizer(
+                self.groups, cfg.pruning_method, reg=reg.reg, mac_reg=reg.mac_reg,
+                gamma=reg.gamma, costs={g.number: cost.get(g.root, 0.0) for g in self.groups})
+
+    @property
+    def counter(self) -> MacCounter:
+        """The MAC counter of the model in its current shapes (built on first use)."""
+        if self._counter is None:
+            self._counter = MacCounter(self._model, self.example_inputs, self.forward_fn)
+            if self._base is None:
+                self._base = (self._counter.base_macs, self._counter.base_params)
+        return self._counter
+
+    # ------------------------------------------------------------------ per step
+    def regularize(self, model: nn.Module) -> None:
+        """Add the channel penalty's gradient; call after ``loss.backward()``.
+
+        A no-op with ``infer``, with ``reg == mac_reg == 0`` and once the target is reached.
+        """
+        if self.reached_target or self.regularizer is None:
+            return
+        self.regularizer.apply(self._pruned)
+
+    # ------------------------------------------------------------------ per epoch
+    def prune(self, model: nn.Module, epoch: int, log: Optional[UserLog] = None) -> None:
+        """Epoch-end step: mask more channels on schedule, finish at the target."""
+        log = log if log is not None else self.log
+        if self.regularizer is not None:  # rank afresh each epoch: resumable bit for bit
+            self.regularizer.restart()
+        if self.reached_target:
+            emit(self._summary or "Channel pruning reached its target.", log, logger=logger)
+            return
+        if not self.groups:
+            return
+        if self.cfg.prune_channels_at_init or self.cfg.infer:
+            self._one_shot(model, epoch, log)
+            return
+        if not self.schedule.is_step(epoch) or (self._last_epoch is not None
+                                               and epoch <= self._last_epoch):
+            return
+        plan, ratio, met = self._select(self.schedule.ratio(epoch))
+        reached = met or (self.cfg.mac_target == 0 and self.schedule.is_last_step(epoch))
+        plan, reached = self._agree(plan, reached)
+        if not reached:
+            self._watch_progress(plan, ratio, epoch, log)
+        self._commit(plan, ratio, epoch, log)
+        if reached:
+            self._finish(model, epoch, log, physical=self.cfg.prune_at_target)
+        elif self.schedule.is_last_step(epoch):
+            emit(f"Channel pruning schedule ended at epoch {epoch} with MACs at "
+                 f"{self._cost(self._pruned) / self.base_cost:.2%} of the original, above "
+                 f"mac_target {self.cfg.mac_target:.2%}: raise {SECTION}.global_prune_rate or "
+                 "call channel_pruner.remove_masked_channels(model).", log, logging.WARNING,
+                 logger)
+
+    def _one_shot(self, model: nn.Module, epoch: int, log: Optional[UserLog]) -> None:
+        plan, ratio, met = self._select(self.cfg.global_prune_rate)
+        if self.cfg.infer:  # channels training zeroed are dead weight whatever the target says
+            plan = with_dead_units(self.groups, plan)
+            met = met or self._cost(plan) <= self.cfg.mac_target * self.base_cost
+        if self.cfg.mac_target > 0 and not met:
+            emit(f"global_prune_rate {ratio} leaves MACs above mac_target "
+                 f"{self.cfg.mac_target}; pruning to the rate.", log, logging.WARNING, logger)
+        plan, _ = self._agree(plan, True)
+        self._commit(plan, ratio, epoch, log)
+        self._finish(model, epoch, log, physical=True)
+
+    def _watch_progress(self, plan: _Plan, ratio: float, epoch: int,
+                        log: Optional[UserLog]) -> None:
+        """Warn once if the target is out of reach, once if a step masks nothing."""
+        for msg in self._watch.check(epoch, ratio, plan, self._pruned, self.groups, self.rules,
+                                     self.cfg, scores=self._scores,
+                                     macs=lambda p: self._cost(p) / self.base_cost):
+            emit(msg, log, logging.WARNING, logger)
+
+    # ------------------------------------------------------------------ selection helpers
+    def _scores(self) -> Dict[int, torch.Tensor]:
+        scores = {}
+        for g in self.groups:
+            s = self.importance(g.group)
+            s = s.detach().float().cpu() if s is not None else torch.zeros(g.channels)
+            scores[g.number] = g.unit_mean(s)
+        return scores
+
+    def _channels(self, plan: _Plan) -> _Plan:
+        return {g.number: g.expand_units(plan[g.number]) for g in self.groups}
+
+    def _select(self, ratio: float) -> Tuple[_Plan, float, bool]:
+        """The plan at ``ratio`` and whether it meets the MAC target; a plan that meets it is
+        replaced by the one between the current ratio and ``ratio`` that lands just under it."""
+        scores = self._scores()
+        plan = select_units(self.groups, scores, self._pruned, ratio, self.rules)
+        target = self._target_macs()
+        if target is None or self._cost(plan) > target:
+            return plan, ratio, False
+        plan, ratio = self._land_on_target(scores, self._ratio, ratio, plan, target)
+        return plan, ratio, True
+
+    def _count(self, plan: _Plan) -> Tuple[float, int]:
+        return self.counter.count_groups(self.groups, self._channels(plan))
+
+    def _cost(self, plan: _Plan) -> float:
+        """What ``mac_target`` measures for ``plan``: MACs, or estimated latency (ms)."""
+        if self.cost_model is self.counter:
+            return self._count(plan)[0]
+        return self.cost_model.count_groups(self.groups, self._channels(plan))[0]
+
+    @property
+    def cost_model(self) -> Any:
+        """The MAC counter, or with ``cost: "latency"`` a :class:`~.latency.LatencyCost`
+        (layers timed once on the model's device, cached beside the config)."""
+        if getattr(self, "_cost_model", None) is None:
+            self._cost_model = self.counter
+            if self.cfg.cost == "latency":
+                if getattr(self, "_per_ms", None) is None:
+                    folder = self.config_path.parent if self.config_path is not None else None
+                    table = load_or_measure(self._model, self.example_inputs, self.forward_fn,
+                                            folder=folder, log=self.log)
+                    self._per_ms = table.per_mac(self._model)
+                self._cost_model = LatencyCost(self.counter, self._per_ms)
+                if getattr(self, "_base_cost", None) is None:
+                    self._base_cost = self._cost_model.base_macs
+        return self._cost_model
+
+    @property
+    def base_cost(self) -> float:
+        """``base_macs``, or with ``cost: "latency"`` the original estimated latency (ms)."""
+        if self.cfg.cost != "latency":
+            return self.base_macs
+        _ = self.cost_model
+        return self._base_cost
+
+    def _target_macs(self) -> Optional[float]:
+        return self.cfg.mac_target * self.base_cost if self.cfg.mac_target > 0 else None
+
+    def _land_on_target(self, scores: Dict[int, torch.Tensor], lo: float, hi: float,
+                        hi_plan: _Plan, target: float) -> Tuple[_Plan, float]:
+        """The plan between ratios ``lo`` and ``hi`` whose MACs are just at/under ``target``."""
+        lo_macs = self._cost(self._pruned)
+        if lo_macs <= target:
+            return dict(self._pruned), lo
+        best, best_ratio, hi_macs = hi_plan, hi, self._cost(hi_plan)
+        for _ in range(16):
+            if hi_macs >= 0.99 * target or hi - lo < 1e-6:
+                break
+            frac = (lo_macs - target) / max(lo_macs - hi_macs, 1e-12)
+            mid = lo + (hi - lo) * min(max(frac, 0.1), 0.9)
+            plan = select_units(self.groups, scores, self._pruned, mid, self.rules)
+            macs = self._cost(plan)
+            if macs <= target:
+                best, best_ratio, hi, hi_macs = plan, mid, mid, macs
+            else:
+                lo, lo_macs = mid, macs
+        return best, best_ratio
+
+    def _agree(self, plan: _Plan, reached: bool) -> Tuple[_Plan, bool]:
+        """Under torch.distributed: the union of every rank's plan (identical in practice)."""
+        if not (dist.is_available() and dist.is_initialized()) or not self.groups:
+            return plan, reached
+        device = (torch.device("cuda", torch.cuda.current_device())
+                  if dist.get_backend() == "nccl" else torch.device("cpu"))
+        flat = torch.cat([plan[g.number] for g in self.groups] + [torch.tensor([reached])])
+        flat = flat.to(device=device, dtype=torch.int32)
+        dist.all_reduce(flat, op=dist.ReduceOp.MAX)
+        parts = flat.cpu().bool().split([g.units for g in self.groups] + [1])
+        return {g.number: p for g, p in zip(self.groups, parts)}, bool(parts[-1])
+
+    # ------------------------------------------------------------------ masks and state
+    def _commit(self, plan: _Plan, ratio: float, epoch: int, log: Optional[UserLog]) -> None:
+        new = {n: plan[n] & ~self._pruned[n] for n in plan}
+        self._pruned, self._ratio, self._last_epoch = plan, ratio, epoch
+        self._apply_masks()
+        if self.cfg.verbose >= 1:
+            macs = self._count(plan)[0]
+            masked = sum(int(self._channels(plan)[g.number].sum()) for g in self.groups)
+            total = sum(g.channels for g in self.groups)
+            target = f", target {self.cfg.mac_target:.2%}" if self.cfg.mac_target > 0 else ""
+            emit(f"Epoch {epoch}: channel ratio {ratio:.4f}, {masked}/{total} channels masked, "
+                 f"MACs {human_count(macs)} ({macs / self.base_macs:.2%} of original{target})", log,
+                 logger=logger)
+        if self.cfg.verbose >= 2:
+            for g in self.groups:
+                idx = g.expand_units(new[g.number]).nonzero().flatten().tolist()
+                if idx:
+                    emit(f"Group {g.number} ({g.source}): pruned channels {idx}", log,
+                         logger=logger)
+
+    def _apply_masks(self) -> None:
+        for (module, name), keep in keep_masks(self.groups, self._channels(self._pruned)).items():
+            self.masks.update(LAYER, module, name, keep)
+
+    def _finish(self, model: nn.Module, epoch: int, log: Optional[UserLog],
+                physical: bool) -> None:
+        self._summary = self._make_summary(epoch)
+        self.reached_target = True
+        try:
+            write_state(self.config_path, SECTION,
+                        {"reach_mac_target": True, "log_str": self._summary})
+        except OSError as e:
+            emit(f"could not write the pruning state to {self.config_path}: {e}", log,
+                 logging.WARNING, logger)
+        emit(self._summary, log, logger=logger)
+        if physical:
+            self.remove_masked_channels(model, log=log)
+
+    def _make_summary(self, epoch: int) -> str:
+        macs, params = self._count(self._pruned)
+        base_macs, base_params = self.base_macs, self._base[1]
+        target = (f"target {self.cfg.mac_target:.2%}" if self.cfg.mac_target > 0
+                  else "no MAC target")
+        latency = self.cfg.cost == "latency"
+        lines = [(f"Channel pruning summary ({self.cfg.pruning_method.value}, epoch {epoch}, "
+                  f"channel ratio {self._ratio:.4f}):"),
+                 (f"MACs: {human_count(base_macs)} -> {human_count(macs)} "
+                  f"({macs / base_macs:.2%} of original{'' if latency else '; ' + target})"),
+                 f"Params: {human_count(base_params)} -> {human_count(params)}",
+                 "Channels kept per group (source conv: kept/original):"]
+        if latency:
+            ms = self._cost(self._pruned)
+            lines.insert(2, f"Estimated latency: {self.base_cost:.3f} ms -> {ms:.3f} ms "
+                            f"({ms / self.base_cost:.2%} of original; {target}, cost "
+                            "\"latency\": mac_target measures latency)")
+        channels = self._channels(self._pruned)
+        lines += [f"{g.source}: {g.channels - int(channels[g.number].sum())}/{g.channels}"
+                  + (f" ({g.units - int(self._pruned[g.number].sum())}/{g.units} heads of "
+                     f"{g.heads.name})" if g.heads else "")
+                  for g in self.groups]
+        return "\n".join(lines)
+
+    def remove_masked_channels(self, model: nn.Module, log: Optional[UserLog] = None) -> None:
+        """Physically remove every masked channel (upstream group pruning), then rebuild.
+
+        Shapes shrink, every mask is re-indexed, the dependency graph is traced again and
+        :attr:`reset_optimizer` becomes True: re-create the optimizer (and a DDP wrapper).
+        Use it after a run with ``prune_at_target: false``.
+        """
+        model = unwrap_model(model)
+        macs = self._count(self._pruned)[0]  # equals the count after removal (tested)
+        params_before = {(m, n): p for m in model.modules()
+                         for n, p in m.named_parameters(recurse=False)}
+        removed, heads = 0, []
+        for g, gone in zip(self.groups, self._channels(self._pruned).values()):
+            idxs = gone.nonzero().flatten().tolist()
+            if idxs:
+                g.group.prune(idxs)
+                removed += len(idxs)
+            if idxs and g.heads is not None:
+                g.heads.remove(g.heads.module, self._pruned[g.number].nonzero().flatten())
+                heads.append(f"{g.heads.name}.{g.heads.attr}="
+                             f"{getattr(g.heads.module, g.heads.attr)}")
+        self.masks.reindex(LAYER)
+        #: old Parameter -> (new Parameter, kept indices per dim), for carry_optimizer_state
+        self.replaced_params = {
+            old: (getattr(m, n), self.masks.last_reindex[(m, n)])
+            for (m, n), old in params_before.items()
+            if getattr(m, n) is not old and (m, n) in self.masks.last_reindex}
+        try:
+            self._build(model, announce=False, rebuild=True)
+        except Exception as exc:
+            if not heads:
+                raise
+            raise RuntimeError(
+                f"after removing whole attention heads ({', '.join(heads)}) the model's forward "
+                f"failed: {exc}. The attention forward must take its shapes from the head count "
+                "(e.g. reshape(B, N, -1), not reshape(B, N, C) with the input width)") from exc
+        self._removed = True
+        self.reset_optimizer = True
+        note = f" (heads now: {', '.join(heads)})" if heads else ""
+        emit(f"Physically removed {removed} channels{note}: MACs now {human_count(macs)} "
+             f"({macs / self.base_macs:.2%} of original). Re-create the "
+             "optimizer (channel_pruner.reset_optimizer is True).", log or self.log,
+             logger=logger)
+
+    # ------------------------------------------------------------------ reporting
+    @property
+    def base_macs(self) -> float:
+        """MACs of the model the pruner was built on (before any pruning)."""
+        if self._base is None:
+            if hasattr(self, "graph"):
+                _ = self.counter  # building the counter records the base counts
+            else:
+                counter = MacCounter(self._model, self.example_inputs, self.forward_fn)
+                self._base = (counter.base_macs, counter.base_params)
+        return self._base[0]
+
+    def macs(self) -> float:
+        """MACs of the model now, counting masked channels as removed."""
+        if not hasattr(self, "graph"):  # finished at construction: count the model as it is
+            return MacCounter(self._model, self.example_inputs, self.forward_fn).base_macs
+        return self._count(self._pruned)[0]
+
+    def summary(self) -> str:
+        """The pruning summary (``log_str``): the stored one once the target is reached."""
+        if self.reached_target and self._summary:
+            return self._summary
+        return self._make_summary(self._last_epoch if self._last_epoch is not None else -1)

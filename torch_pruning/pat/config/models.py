@@ -1,0 +1,231 @@
+"""Typed models of ``pruning_config.json`` (one model per section).
+
+Every field of the contract (SPEC section 3) is declared here once, with its default, its
+allowed range and its help text; the JSON Schema in ``docs/pruning_config.schema.json`` is
+generated from these models (:func:`config_json_schema`). Loading, error reporting and
+write-back live in :mod:`torch_pruning.pat.config.io`.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any, Dict, List, Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+__all__ = [
+    "PruningMethod", "SliceMethod", "SliceMode", "RegularizeArgs", "MACParams",
+    "ChannelSparsityArgs", "SliceSparsityArgs", "PruningConfig", "DEPRECATED_KEYS",
+    "REQUIRED_WHEN_ENABLED", "config_json_schema",
+]
+
+
+class PruningMethod(str, enum.Enum):
+    """Importance + regularizer family of the channel pruner."""
+
+    GROUP_NORM = "GroupNormPruner"
+    BN_SCALE = "BNScalePruner"
+    MAC_AWARE = "MACAwareImportance"
+
+
+class SliceMethod(str, enum.Enum):
+    """Importance of a weight slice."""
+
+    L2_NORM = "L2_norm"
+
+
+class SliceMode(str, enum.Enum):
+    """``Prune``: regularize and mask. ``Unprune``: keep existing masks, add none, no penalty."""
+
+    PRUNE = "Prune"
+    UNPRUNE = "Unprune"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid", validate_assignment=True,
+                              use_enum_values=False)
+
+
+def _rate(default: Any = ..., help: str = "") -> Any:
+    return Field(default, ge=0.0, le=1.0, allow_inf_nan=False, description=help)
+
+
+class RegularizeArgs(_Section):
+    """``channel_sparsity_args.regularize``: group-lasso strengths."""
+
+    reg: float = Field(0.0, ge=0.0, allow_inf_nan=False,
+                       description="Base group-lasso strength (0 disables regularization; "
+                                   "try 5e-2, 5e-3, 5e-4).")
+    mac_reg: float = Field(0.0, ge=0.0, allow_inf_nan=False,
+                           description="Extra strength in proportion to each group's share of "
+                                       "the model's MACs (pushes expensive layers harder).")
+    gamma: float = Field(1.0, ge=1.0, allow_inf_nan=False,
+                         description="Within a group, the least important channel gets gamma "
+                                     "times the strength of the most important (1 = uniform).")
+
+
+class MACParams(_Section):
+    """``channel_sparsity_args.MAC_params``: how MACAwareImportance mixes in layer cost."""
+
+    use_macs: bool = Field(False, description="Combine importance with the layer's MAC cost.")
+    type: Literal["Sum", "Mul"] = Field(
+        "Sum", description="Sum: alpha*I/I_max + (1-alpha)*(1-m_hat); "
+                           "Mul: I*(m_min/m)^(1/beta). Lower score is pruned first.")
+    alpha: float = Field(0.5, ge=0.0, le=1.0, allow_inf_nan=False,
+                         description="Weight of importance against cost in the Sum rule.")
+    beta: float = Field(1.0, gt=0.0, allow_inf_nan=False,
+                        description="Cost exponent 1/beta in the Mul rule (number > 0).")
+
+
+Shape = List[int]
+
+
+def _required_unless_disabled(fields: List[str]) -> Dict[str, Any]:
+    """JSON Schema rule: ``fields`` are required unless ``is_prune`` is false."""
+    return {"if": {"properties": {"is_prune": {"const": False}}, "required": ["is_prune"]},
+            "else": {"required": fields}}
+
+
+class ChannelSparsityArgs(_Section):
+    """``channel_sparsity_args``: grouped channel pruning to a MAC budget."""
+
+    model_config = ConfigDict(json_schema_extra=_required_unless_disabled(
+        ["start_epoch", "end_epoch", "global_prune_rate"]))
+
+    is_prune: bool = Field(True, description="Enable channel pruning.")
+    global_pruning: bool = Field(False, description="Rank channels across all selected groups "
+                                                    "instead of per layer.")
+    block_size: int = Field(1, ge=1, description="Channels left in each pruned layer are a "
+                                                 "multiple of it (upstream round_to).")
+    start_epoch: int = Field(0, ge=0, description="First pruning epoch (inclusive). Required.")
+    end_epoch: int = Field(0, ge=0, description="Last pruning epoch (inclusive). Required.")
+    epoch_rate: int = Field(1, ge=1, description="The target ratio steps up every epoch_rate "
+                                                 "epochs from start_epoch.")
+    global_prune_rate: float = _rate(0.0, "Channel ratio the schedule reaches at end_epoch. "
+                                          "Required.")
+    max_pruning_rate: float = _rate(1.0, "Cap on the fraction pruned in any one group.")
+    mac_target: float = _rate(0.0, "Fraction of the original MACs that remains (0.7 = 30% "
+                                   "reduction); 0 turns the MAC target off.")
+    cost: Literal["macs", "latency"] = Field(
+        "macs", description="What mac_target and MAC_params measure: \"macs\", or \"latency\" "
+                            "(each layer timed once on the model's device, cached in "
+                            "latency_table.json beside this file; mac_target is then a fraction "
+                            "of the estimated latency).")
+    prune_at_target: bool = Field(True, description="Physically remove masked channels as soon "
+                                                    "as mac_target is met.")
+    reach_mac_target: bool = Field(False, description="State: written true when the target "
+                                                      "is met.")
+    log_str: str = Field("", description="State: the pruning summary written at the target.")
+    pruning_method: PruningMethod = Field(
+        PruningMethod.GROUP_NORM, strict=False,
+        description="Importance and regularizer family: " +
+                    ", ".join(m.value for m in PruningMethod) + ".")
+    prune_channels_at_init: bool = Field(False, description="Prune physically (no masking "
+                                                            "phase) on the first prune() call.")
+    infer: bool = Field(False, description="Inference use: no regularization, physical pruning "
+                                           "at the first call.")
+    isomorphic: bool = Field(False, description="Use upstream's isomorphic pruning.")
+    regularize: RegularizeArgs = Field(default_factory=RegularizeArgs,
+                                       description="Regularization strengths.")
+    MAC_params: MACParams = Field(default_factory=MACParams,
+                                  description="MACAwareImportance settings.")
+    layers: Union[Literal["all"], List[str]] = Field(
+        "all", description="Layers whose groups may be pruned, as in model.named_modules() "
+                           "('module.' prefix ignored): Conv2d, ConvTranspose2d or Linear (e.g. "
+                           "a transformer block's MLP hidden layer), or an attention module "
+                           "with a num_heads attribute and Linear q/k/v projections (pruned by "
+                           "whole heads; torch_pruning.pat.split_multihead_attention converts "
+                           "nn.MultiheadAttention); an unconverted MultiheadAttention is logged "
+                           "as not pruned. "
+                           "\"all\" selects every Conv2d.")
+    input_shape: Optional[Union[Shape, List[Shape]]] = Field(
+        None, description="Dummy input shape [B,C,H,W] (or a list of shapes) for graph "
+                          "tracing, unless example_inputs is passed to Pruning.")
+    container: Optional[Literal["tuple"]] = Field(
+        None, description="Several inputs are passed as a tuple instead of a list.")
+    verbose: Literal[0, 1, 2] = Field(1, description="2 also logs pruned channel indices.")
+
+    @field_validator("layers")
+    @classmethod
+    def _layers_not_empty(cls, v: Any) -> Any:
+        if isinstance(v, list) and not v:
+            raise ValueError('list must name at least one layer (or use "all")')
+        return v
+
+    @field_validator("input_shape")
+    @classmethod
+    def _positive_dims(cls, v: Any) -> Any:
+        shapes = v if v and isinstance(v[0], list) else [v] if v else []
+        for shape in shapes:
+            if not shape or any(d < 1 for d in shape):
+                raise ValueError("every dimension must be a positive integer, e.g. [1, 3, 224, 224]")
+        return v
+
+
+class SliceSparsityArgs(_Section):
+    """``slice_sparsity_args``: block L2 slice pruning in the hardware's order."""
+
+    model_config = ConfigDict(json_schema_extra=_required_unless_disabled(
+        ["start_epoch", "end_epoch", "prune_rate"]))
+
+    is_prune: bool = Field(True, description="Enable slice pruning.")
+    block_size: int = Field(8, ge=1, description="A: filters per block.")
+    depthwise_block_size: int = Field(2, ge=1, description="A for depthwise convolutions.")
+    start_epoch: int = Field(0, ge=0, description="First slice-pruning epoch. Required.")
+    end_epoch: int = Field(0, ge=0, description="Last slice-pruning epoch. Required.")
+    epoch_rate: int = Field(1, ge=1, description="Masks step up every epoch_rate epochs.")
+    prune_rate: float = _rate(0.0, "Fraction of eligible slices zeroed at the end of the "
+                                   "schedule. Required.")
+    pruning_gradually: bool = Field(True, description="Ramp the rate over the schedule instead "
+                                                      "of jumping to it.")
+    pruning_mode: SliceMode = Field(SliceMode.PRUNE, strict=False,
+                                    description="Prune, or Unprune (no penalty, no new masks).")
+    disable_first_index: bool = Field(False, description="Never prune the slice at x=0 of a "
+                                                         "kernel row.")
+    pruning_method: SliceMethod = Field(SliceMethod.L2_NORM, strict=False,
+                                        description="Slice importance.")
+    reg: float = Field(0.0, ge=0.0, allow_inf_nan=False, description="Slice regularization "
+                                                                     "strength.")
+    layers: Optional[List[str]] = Field(None, description="Conv2d layers to slice-prune; default "
+                                                          "every Conv2d whose filters fill "
+                                                          "whole blocks.")
+
+
+class PruningConfig(BaseModel):
+    """The whole ``pruning_config.json``. A missing section turns that pruner off."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", populate_by_name=True)
+
+    schema_: Optional[str] = Field(None, alias="$schema",
+                                   description="Optional JSON Schema reference for editors.")
+    channel_sparsity_args: Optional[ChannelSparsityArgs] = None
+    slice_sparsity_args: Optional[SliceSparsityArgs] = None
+
+
+# Fields that must be given when a section is enabled (is_prune true).
+REQUIRED_WHEN_ENABLED: Dict[str, List[str]] = {
+    "channel_sparsity_args": ChannelSparsityArgs.model_config["json_schema_extra"]["else"]["required"],
+    "slice_sparsity_args": SliceSparsityArgs.model_config["json_schema_extra"]["else"]["required"],
+}
+
+# Keys older configs carry: accepted with a warning that names their replacement.
+DEPRECATED_KEYS: Dict[str, Dict[str, str]] = {
+    "channel_sparsity_args": {
+        "alpha_shrinkage_reg": "regularize.gamma",
+        "gamma_reg": "regularize.mac_reg",
+        "reg": "regularize.reg",
+    },
+    "slice_sparsity_args": {},
+}
+
+
+def config_json_schema() -> Dict[str, Any]:
+    """The JSON Schema of ``pruning_config.json``, generated from :class:`PruningConfig`.
+
+    Example:
+        >>> config_json_schema()["title"]
+        'PruningConfig'
+    """
+    schema = PruningConfig.model_json_schema(by_alias=True)
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    return schema

@@ -1,0 +1,254 @@
+"""What ``inspect`` shows about a model: its Conv2d layers, dependency groups and MACs.
+
+Groups are built with upstream's :class:`~torch_pruning.DependencyGraph`; MACs come from
+``tp.utils.count_ops_and_params`` and the listed numbers add up to its total exactly.
+
+A conv is *prunable* when its output channels can be removed without changing the shape of
+the model's output: its dependency group has at least one consumer layer (a conv or linear
+that loses the same input channels). A group with no consumer feeds the model output
+(e.g. the last conv of a segmentation head) and is never selected.
+
+Example:
+    >>> net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 1))
+    >>> summarize_model(net, torch.randn(1, 3, 8, 8)).prunable_convs
+    ['0']
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from ..core.masks import strip_module_prefix
+from .model_factory import Inputs, format_shape
+
+__all__ = ["ConvInfo", "ConvGroup", "ModelSummary", "conv_dependency_groups", "summarize_model",
+           "format_summary"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ConvInfo:
+    """One Conv2d layer: name, weight shape, its dependency group and its MACs per sample."""
+
+    name: str
+    weight_shape: Tuple[int, ...]
+    conv_groups: int
+    macs: int
+    share: float
+    group: Optional[int] = None
+    prunable: bool = False
+
+
+@dataclass
+class ConvGroup:
+    """Conv2d layers whose output channels the dependency graph prunes together.
+
+    ``members`` lose output channels, ``consumers`` (conv/linear) lose the same input channels.
+    """
+
+    index: int
+    channels: int
+    members: List[str]
+    consumers: List[str]
+    prunable: bool
+    reason: str = ""
+
+
+@dataclass
+class ModelSummary:
+    """What ``inspect`` shows; ``total_macs`` equals ``tp.utils.count_ops_and_params``."""
+
+    convs: List[ConvInfo]
+    groups: List[ConvGroup]
+    other_macs: Dict[str, Tuple[int, int]]  # layer type -> (number of layers, MACs)
+    total_macs: int
+    total_params: int
+    module_types: Dict[str, str] = field(default_factory=dict)
+    #: attention modules: (name, head count, how their heads are pruned)
+    attention: List[Tuple[str, int, str]] = field(default_factory=list)
+
+    def conv(self, name: str) -> Optional[ConvInfo]:
+        """The :class:`ConvInfo` of ``name`` (``module.`` prefix ignored), or None."""
+        name = strip_module_prefix(name)
+        return next((c for c in self.convs if c.name == name), None)
+
+    @property
+    def prunable_convs(self) -> List[str]:
+        """Names of the Conv2d layers whose groups could be pruned."""
+        return [c.name for c in self.convs if c.prunable]
+
+
+def _counted_macs(module: nn.Module, flops: Dict[nn.Module, Any], out: Dict[nn.Module, int],
+                  supported: Callable[[nn.Module], bool]) -> None:
+    """Collect the modules upstream's counter credits with MACs (it stops at supported ones)."""
+    if supported(module):
+        out[module] = flops.get(module) or 0
+        return
+    for child in module.children():
+        _counted_macs(child, flops, out, supported)
+
+
+def conv_dependency_groups(model: nn.Module, example_inputs: Inputs,
+                           convs: Optional[Sequence[nn.Conv2d]] = None
+                           ) -> List[Tuple[ConvGroup, Any]]:
+    """The dependency groups of the output channels of ``convs`` (default: every Conv2d).
+
+    Each group comes once, as ``(ConvGroup, upstream Group with every channel index)``; the
+    upstream group is what ``tp.importance`` scores. Built with upstream's DependencyGraph.
+    """
+    import torch_pruning as tp
+
+    order = {m: i for i, m in enumerate(model.modules())}
+    names = {m: strip_module_prefix(n) for n, m in model.named_modules()}
+    if convs is None:
+        convs = [m for m in order if isinstance(m, nn.Conv2d)]
+    with torch.enable_grad():
+        graph = tp.DependencyGraph().build_dependency(model, example_inputs, verbose=False)
+    covered: set = set()
+    out: List[Tuple[ConvGroup, Any]] = []
+    for conv in convs:
+        if conv in covered or conv not in graph.module2node:
+            continue
+        pruner = graph.get_pruner_of_module(conv)
+        group = graph.get_pruning_group(conv, pruner.prune_out_channels,
+                                        list(range(conv.out_channels)))
+        members, consumers = [], []
+        for dep, _ in group:
+            target = dep.target.module
+            if not isinstance(target, nn.Module) or target not in names:
+                continue
+            if isinstance(target, nn.Conv2d) and graph.is_out_channel_pruning_fn(dep.handler):
+                members.append(target)
+            elif (isinstance(target, (nn.modules.conv._ConvNd, nn.Linear))
+                  and graph.is_in_channel_pruning_fn(dep.handler)):
+                consumers.append(target)
+        members = sorted(set(members) | {conv}, key=order.__getitem__)
+        consumers = sorted(set(consumers) - set(members), key=order.__getitem__)
+        covered.update(members)
+        out.append((ConvGroup(index=len(out) + 1, channels=conv.out_channels,
+                              members=[names[m] for m in members],
+                              consumers=[names[m] for m in consumers], prunable=bool(consumers),
+                              reason="" if consumers else "its channels reach the model output"),
+                    group))
+    return out
+
+
+def summarize_model(model: nn.Module, example_inputs: Inputs) -> ModelSummary:
+    """Conv2d layers, dependency groups and per-layer MACs of ``model`` on ``example_inputs``.
+
+    Example:
+        >>> net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 1))
+        >>> s = summarize_model(net, torch.randn(1, 3, 8, 8))
+        >>> [(c.name, c.group, c.prunable) for c in s.convs]
+        [('0', 1, True), ('2', 2, False)]
+    """
+    import torch_pruning as tp
+    from torch_pruning.utils.op_counter import is_supported_instance
+
+    was_training = model.training
+    model.eval()
+    try:
+        total, params, layer_flops, _ = tp.utils.count_ops_and_params(
+            model, example_inputs, layer_wise=True)
+        names = {m: strip_module_prefix(n) for n, m in model.named_modules()}
+        conv_modules = [m for m in names if isinstance(m, nn.Conv2d)]
+        groups = [g for g, _ in conv_dependency_groups(model, example_inputs, conv_modules)]
+    finally:
+        model.train(was_training)
+    total_macs = int(round(total))
+    raw_total = layer_flops.get(model) or 0
+    scale = total / raw_total if raw_total else 1.0  # upstream reports MACs per sample
+    counted: Dict[nn.Module, int] = {}
+    _counted_macs(model, layer_flops, counted, is_supported_instance)
+    per_module = {m: int(round(f * scale)) for m, f in counted.items()}
+
+    prunable_group = {g.index: g.prunable for g in groups}
+    group_of = {member: g.index for g in groups for member in g.members}
+    convs = []
+    for m in conv_modules:
+        macs = per_module.get(m, 0)
+        gi = group_of.get(names[m])
+        convs.append(ConvInfo(name=names[m], weight_shape=tuple(m.weight.shape),
+                              conv_groups=m.groups, macs=macs,
+                              share=macs / total_macs if total_macs else 0.0, group=gi,
+                              prunable=bool(gi and prunable_group[gi])))
+    other: Dict[str, Tuple[int, int]] = {}
+    for m, macs in per_module.items():
+        if isinstance(m, nn.Conv2d) or macs == 0:
+            continue
+        n, s = other.get(type(m).__name__, (0, 0))
+        other[type(m).__name__] = (n + 1, s + macs)
+    rest = total_macs - sum(c.macs for c in convs) - sum(s for _, s in other.values())
+    if rest:  # rounding of per-sample values (batch > 1): keep the sum exact
+        n, s = other.get("other", (0, 0))
+        other["other"] = (n, s + rest)
+    return ModelSummary(convs=convs, groups=groups,
+                        other_macs=dict(sorted(other.items(), key=lambda kv: -kv[1][1])),
+                        total_macs=total_macs, total_params=int(params),
+                        module_types={n: type(m).__name__ for m, n in names.items() if n},
+                        attention=_attention_modules(names))
+
+
+def _attention_modules(names: Dict[nn.Module, str]) -> List[Tuple[str, int, str]]:
+    """Modules whose heads the channel pruner can remove whole, or could after a split."""
+    from ..attention.heads import head_count_attr
+
+    found = []
+    for m, name in names.items():
+        attr = head_count_attr(m)
+        if isinstance(m, nn.MultiheadAttention):
+            found.append((name or "<model>", m.num_heads, "nn.MultiheadAttention: call "
+                          "torch_pruning.pat.split_multihead_attention(model) first"))
+        elif attr and any(isinstance(c, nn.Linear) for c in m.modules()):
+            found.append((name or "<model>", getattr(m, attr),
+                          f"{type(m).__name__} ({attr}): list it in layers"))
+    return found
+
+
+def format_summary(summary: ModelSummary, title: str = "") -> str:
+    """The ``inspect`` table: convs with MACs and share, other layers, total, groups."""
+    conv_macs = sum(c.macs for c in summary.convs)
+    total = summary.total_macs or 1
+    width = max([len(c.name) for c in summary.convs] + [len("all Conv2d layers")])
+    lines = [title] if title else []
+    lines.append(f"{len(summary.convs)} Conv2d layers in {len(summary.groups)} dependency groups; "
+                 f"MACs per sample, share of the whole model")
+    lines.append("")
+    lines.append(f"{'#':>3}  {'layer':<{width}}  {'weight shape':<14} {'group':>5}  "
+                 f"{'MACs':>15}  {'share':>6}")
+    for i, c in enumerate(summary.convs, 1):
+        group = str(c.group) if c.group is not None else "-"
+        mark = "" if c.prunable else "  (not prunable)"
+        lines.append(f"{i:>3}  {c.name:<{width}}  {format_shape(c.weight_shape):<14} {group:>5}  "
+                     f"{c.macs:>15,}  {100 * c.macs / total:>5.1f}%{mark}")
+    lines.append(f"{'':>3}  {'all Conv2d layers':<{width}}  {'':<14} {'':>5}  {conv_macs:>15,}  "
+                 f"{100 * conv_macs / total:>5.1f}%")
+    lines.append("")
+    lines.append("Other layers (MACs as counted by tp.utils.count_ops_and_params):")
+    for kind, (n, macs) in summary.other_macs.items():
+        label = f"{kind} ({n})" if n else kind
+        lines.append(f"{'':>3}  {label:<{width + 22}}  {macs:>15,}  {100 * macs / total:>5.1f}%")
+    lines.append("")
+    lines.append(f"Total MACs: {summary.total_macs:,} (= tp.utils.count_ops_and_params); "
+                 f"parameters: {summary.total_params:,}")
+    lines.append("")
+    lines.append("Dependency groups (output channels pruned together; consumers lose the same "
+                 "input channels):")
+    for g in summary.groups:
+        state = "" if g.prunable else f"  [not prunable: {g.reason}]"
+        lines.append(f"  Group {g.index} ({g.channels} channels): {', '.join(g.members)}{state}")
+        if g.consumers:
+            lines.append(f"      consumers: {', '.join(g.consumers)}")
+    if summary.attention:
+        lines.append("")
+        lines.append("Attention modules (heads pruned whole; Pruning checks each layout and logs "
+                     "the ones it skips):")
+        for name, heads, how in summary.attention:
+            lines.append(f"  {name}: {heads} heads, {how}")
+    return "\n".join(lines) + "\n"
