@@ -35,9 +35,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.p
 
 import torchvision  # noqa: E402
 
+from torch_pruning.pat import MaskSet, SlicePruner  # noqa: E402
 from torch_pruning.pat.config.models import SliceSparsityArgs  # noqa: E402
-from torch_pruning.pat.core.masks import MaskSet  # noqa: E402
-from torch_pruning.pat.slice.pruner import SlicePruner  # noqa: E402
 
 BATCH, SIZE = 16, 64
 

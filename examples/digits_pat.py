@@ -170,7 +170,7 @@ def run(out: Path, epochs: int, seed: int, config: Path, lr: float = 0.05,
     after["reload_matches"] = float(same)
     # pruning_report.txt/.png were written beside the config when the MAC target was met;
     # the L2-norm histograms of the run's checkpoints, as analyze.py draws them:
-    from torch_pruning.pat.tools.analyze import analyze_run, plot_analysis
+    from torch_pruning.pat import analyze_run, plot_analysis
 
     plot_analysis(analyze_run(ckpt_dir, config=out, progress=False), out / "analyze.png")
     result = {"baseline": before, "pat": after}

@@ -45,7 +45,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 import torch_pruning  # noqa: E402
-from torch_pruning.pat.checkpoint.loading import optimizer_state_matches  # noqa: E402
+from torch_pruning.pat import optimizer_state_matches  # noqa: E402
 from torch_pruning.utils import Pruning  # noqa: E402
 
 HERE = Path(__file__).resolve().parent

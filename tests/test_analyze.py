@@ -22,7 +22,8 @@ import pytest
 import torch
 from torch import nn
 
-from torch_pruning.pat.tools.analyze import analyze_run, epoch_of, main
+from torch_pruning.pat.tools.analyze import analyze_run, main
+from torch_pruning.pat.tools.analyze_checkpoints import epoch_of
 
 ROOT = Path(__file__).resolve().parents[1]
 

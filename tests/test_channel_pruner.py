@@ -20,8 +20,8 @@ from torch import nn
 import torch_pruning as tp
 from torch_pruning.pat.channel.pruner import ChannelPruner
 from torch_pruning.pat.config.models import ChannelSparsityArgs
-from torch_pruning.pat.config.io import PruningConfigError
-from torch_pruning.pat.channel.grouping import build_graph
+from torch_pruning.pat.config.errors import PruningConfigError
+from torch_pruning.pat.channel.tracing import build_graph
 from torch_pruning.pat.core.masks import MaskSet
 
 X = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
@@ -290,9 +290,13 @@ def test_masking_stops_at_the_step_that_meets_the_target(model_name: str) -> Non
             break
     assert ratios[-1] <= 0.6 and all(r > 0.6 for r in ratios[:-1])
     assert ratios[-1] >= 0.5  # landed near the target, not at the step's full ratio
-    assert pruner.macs() == pruner.macs()  # masks stay; nothing else happens
+    masked_macs = pruner.macs()
     assert [p.shape for p in model.parameters()] == [p.shape for p in MODELS[model_name](
-        width=16).parameters()]
+        width=16).parameters()]  # prune_at_target=False: masks only, shapes unchanged
+    # the MACs counted on the masked model are those of the physically pruned one
+    pruner.remove_masked_channels(model)
+    assert tp.utils.count_ops_and_params(model, x)[0] == pytest.approx(masked_macs)
+    assert pruner.macs() == pytest.approx(masked_macs)
 
 
 # --------------------------------------------------------------------------- options

@@ -20,7 +20,8 @@ from torch import nn
 
 import torch_pruning
 from torch_pruning.pat.checkpoint import loading as checkpoint
-from torch_pruning.pat.checkpoint.loading import CheckpointError, optimizer_state_matches
+from torch_pruning.pat.checkpoint.loading import CheckpointError
+from torch_pruning.pat.checkpoint.optimizer import optimizer_state_matches
 from torch_pruning.pat.checkpoint.rebuild import RebuildPlan, register_rebuild_rule
 
 from models_checkpoint import (REBUILDABLE, AttentionNet, Conv1dNet, Conv3dNet, ConvTransposeNet,

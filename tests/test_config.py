@@ -12,8 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from torch_pruning.pat.config.models import ChannelSparsityArgs, PruningConfig, config_json_schema
-from torch_pruning.pat.config.io import (PruningConfigError, load_config, validate_config,
-                                         write_state)
+from torch_pruning.pat.config.errors import PruningConfigError
+from torch_pruning.pat.config.io import load_config, validate_config, write_state
 
 SEED_LIKE = {
     "channel_sparsity_args": {

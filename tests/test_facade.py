@@ -10,7 +10,7 @@ from torch import nn
 
 import torch_pruning as tp
 from torch_pruning.pat.config.models import ChannelSparsityArgs
-from torch_pruning.pat.config.io import PruningConfigError
+from torch_pruning.pat.config.errors import PruningConfigError
 from torch_pruning.pat.facade import make_example_inputs, normalize_forward_fn
 
 

@@ -16,7 +16,7 @@ import torch_pruning as tp
 from torch_pruning.pat.tools.cli import main
 from torch_pruning.pat.config.models import ChannelSparsityArgs, SliceSparsityArgs
 from torch_pruning.pat.config.io import load_config
-from torch_pruning.pat.tools.inspect import ToolError, load_model, parse_input_shape
+from torch_pruning.pat.tools.model_factory import ToolError, load_model, parse_input_shape
 
 RESNET = "torchvision.models:resnet18"
 CONV_ROW = re.compile(r"^\s*\d+\s+(\S+)\s+(\d+x\d+x\d+x\d+)\s+(\d+|-)\s+([\d,]+)\s+[\d.]+%",
@@ -35,6 +35,12 @@ def classifier():
     return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
                          nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 4))
+
+
+def mlp():
+    """A flatten-linear-relu-linear classifier: its hidden Linear is prunable."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 32), nn.ReLU(), nn.Linear(32, 4))
 
 
 class Segmenter(nn.Module):
@@ -160,7 +166,8 @@ def test_validate_unknown_layer_lists_close_matches(resnet_inspect, tmp_path, ca
     (tmp_path / "pruning_config.json").write_text(json.dumps(data))
     assert main(["validate", str(tmp_path), "--model", RESNET]) == 2
     err = capsys.readouterr().err
-    assert "channel_sparsity_args.layers: 'layer1.0.conv3' is not a layer of the model" in err
+    # the channel pruner's own message: validate resolves layers as Pruning does
+    assert "channel_sparsity_args.layers: no module named 'layer1.0.conv3'" in err
     matches = re.search(r"close matches: (.*)$", err, re.MULTILINE).group(1).split(", ")
     assert {"layer1.0.conv1", "layer1.0.conv2"} <= set(matches)
 
@@ -181,9 +188,11 @@ BASE = {"start_epoch": 1, "end_epoch": 4, "global_prune_rate": 0.5, "input_shape
 @pytest.mark.parametrize("factory, channel, slice_, code, message", [
     ("Segmenter", dict(BASE, layers=["head"]), None, 1,
      r"channel pruning would prune nothing: no selected layer belongs to a prunable group "
-     r"\(head \(group 2: its channels reach the model output\)\)"),
-    ("classifier", dict(BASE, layers=["8"]), None, 2,
-     r"'8' is a Linear, not a Conv2d"),
+     r"\(head: its channels are outputs of the model\)"),
+    ("classifier", dict(BASE, layers=["8"]), None, 1,  # a Linear is accepted, as by Pruning
+     r"no selected layer belongs to a prunable group \(8: its channels are outputs of the model"),
+    ("classifier", dict(BASE, layers=["1"]), None, 2,
+     r"'1' is a BatchNorm2d; list Conv2d layers"),
     ("classifier", dict(BASE, global_prune_rate=0.0), None, 1,
      r"channel_sparsity_args\.global_prune_rate is 0"),
     ("classifier", dict(BASE, block_size=16, global_prune_rate=0.1), None, 1,
@@ -193,8 +202,8 @@ BASE = {"start_epoch": 1, "end_epoch": 4, "global_prune_rate": 0.5, "input_shape
     ("classifier", {"is_prune": False}, {"start_epoch": 0, "end_epoch": 2, "prune_rate": 0.3,
                                          "block_size": 3}, 1,
      r"slice pruning would prune nothing: no selected layer has eligible slices"),
-], ids=["output-conv-only", "linear-named", "rate-zero", "block-too-big", "all-off",
-        "no-slice-layer"])
+], ids=["output-conv-only", "output-linear", "batchnorm-named", "rate-zero", "block-too-big",
+        "all-off", "no-slice-layer"])
 def test_validate_fails_loudly_when_nothing_would_prune(tmp_path, models_file, capsys, factory,
                                                         channel, slice_, code,
                                                         message) -> None:
@@ -216,6 +225,25 @@ def test_validate_accepts_a_config_that_prunes(tmp_path, models_file, capsys) ->
     assert "Group 2 (16 channels, about 8 pruned, 8 kept at end_epoch): 3" in out
     # 16 filters in blocks of A=4 -> 4 blocks x 8 inputs x 3x3 positions = 288 slices
     assert "3 (16x8x3x3, A=4): 288 slices, 288 eligible, about 72 zeroed" in out
+
+
+def test_validate_accepts_what_pruning_accepts(tmp_path, models_file, capsys) -> None:
+    """One code path: a Linear root that Pruning prunes is a group for validate too."""
+    import importlib.util
+
+    import torch_pruning as tp
+
+    folder = _write(tmp_path / "run", dict(BASE, layers=["1"], mac_target=0.6))
+    spec = importlib.util.spec_from_file_location("small_models", models_file)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    pruner = tp.Pruning(module.mlp(), folder)
+    assert [g.source for g in pruner.channel_pruner.groups] == ["1"]
+    assert main(["validate", str(folder), "--model", f"{models_file}:mlp"]) == 0
+    out = capsys.readouterr().out
+    assert "Group 1 (32 channels, about 16 pruned, 16 kept at end_epoch): 1" in out
+    macs = pruner.channel_pruner.base_macs
+    assert f"model MACs {tp.pat.util.log.human_count(macs)}" in out
 
 
 def test_validate_without_config_says_how_to_write_one(tmp_path, capsys) -> None:

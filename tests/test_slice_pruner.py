@@ -12,10 +12,11 @@ from torch import nn
 
 import torch_pruning as tp
 from torch_pruning.pat.config.models import SliceMode, SliceSparsityArgs
-from torch_pruning.pat.config.io import PruningConfigError
+from torch_pruning.pat.config.errors import PruningConfigError
 from torch_pruning.pat.core.masks import MaskSet
 from torch_pruning.pat.slice.layout import conv_block_size, slice_layout
-from torch_pruning.pat.slice.pruner import SlicePruner, SliceSchedule
+from torch_pruning.pat.slice.pruner import SlicePruner
+from torch_pruning.pat.core.schedule import SliceSchedule
 
 from models_slice import SLICE_LAYERS, ChainNet, MixedConvNet, mask_channels
 

@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 import torch_pruning as tp  # noqa: E402
 from torch_pruning.pat.tools import analyze, cli  # noqa: E402
-from torch_pruning.pat.tools.report import PruningReport, layer_stats  # noqa: E402
+from torch_pruning.pat import PruningReport, layer_stats  # noqa: E402
 
 IMG = Path(__file__).resolve().parent
 CONFIG = {

@@ -20,7 +20,7 @@ from torch import nn
 
 import torch_pruning as tp
 from models import SmallCNN
-from torch_pruning.pat.config.io import PruningConfigError
+from torch_pruning.pat.config.errors import PruningConfigError
 
 BASE = {
     "channel_sparsity_args": {

@@ -18,18 +18,31 @@ from typing import Any, Dict
 
 __all__ = ["Pruning", "load_state_dict_pruned", "PruningConfigError", "PruningConfig",
            "CheckpointError", "MaskSet", "optimizer_state_matches", "SplitMultiheadAttention",
-           "split_multihead_attention", "attach"]
+           "split_multihead_attention", "attach", "ChannelPruner", "SlicePruner", "Pruner",
+           "CostModel", "PruningReport", "layer_stats", "analyze_run", "plot_analysis",
+           "register_rebuild_rule", "RebuildPlan"]
 
+# Public name -> the module (in its concept folder, see docs/architecture.md) defining it.
 _LAZY: Dict[str, str] = {
     "Pruning": ".facade",
     "load_state_dict_pruned": ".checkpoint.loading",
     "CheckpointError": ".checkpoint.loading",
-    "optimizer_state_matches": ".checkpoint.loading",
-    "PruningConfigError": ".config.io",
+    "optimizer_state_matches": ".checkpoint.optimizer",
+    "register_rebuild_rule": ".checkpoint.rebuild",
+    "RebuildPlan": ".checkpoint.rebuild",
+    "PruningConfigError": ".config.errors",
     "PruningConfig": ".config.models",
     "MaskSet": ".core.masks",
+    "Pruner": ".core.pruner",
+    "CostModel": ".core.cost",
+    "ChannelPruner": ".channel.pruner",
+    "SlicePruner": ".slice.pruner",
     "SplitMultiheadAttention": ".attention.split",
     "split_multihead_attention": ".attention.split",
+    "PruningReport": ".tools.report",
+    "layer_stats": ".tools.report",
+    "analyze_run": ".tools.analyze",
+    "plot_analysis": ".tools.analyze_plots",
 }
 
 # Names attached to ``torch_pruning`` and ``torch_pruning.utils`` when it is imported.

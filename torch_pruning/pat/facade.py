@@ -1,5 +1,8 @@
 """The ``Pruning`` facade: reads the config and wires both pruners into the user's loop.
 
+It only wires: the pruners (:class:`~torch_pruning.pat.core.pruner.Pruner`), the config
+write-back, the report and the optimizer carry live in their own packages.
+
 Example (the five lines a training script adds)::
 
     from torch_pruning.utils import Pruning
@@ -19,48 +22,30 @@ import functools
 import inspect
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 
+from .config.errors import PruningConfigError
+from .config.io import CONFIG_FILENAME, ConfigSource, LoadedConfig, load_config, write_state
+from .config.models import ChannelSparsityArgs
+from .core.masks import MaskSet
+from .core.pruner import InertPruner, Pruner
 from .util.log import UserLog, emit
 from .util.model import model_device, to_device, unwrap_model
-from .config.models import ChannelSparsityArgs
-from .config.io import CONFIG_FILENAME, ConfigSource, PruningConfigError, load_config
-from .core.masks import MaskSet
 
 if TYPE_CHECKING:
+    from .channel.pruner import ChannelPruner
+    from .slice.pruner import SlicePruner
     from .tools.report import PruningReport
 
-__all__ = ["Pruning", "InertPruner", "normalize_forward_fn", "make_example_inputs"]
+__all__ = ["Pruning", "normalize_forward_fn", "make_example_inputs"]
 
 logger = logging.getLogger(__name__)
 
 Inputs = Union[torch.Tensor, Sequence[torch.Tensor], Dict[str, torch.Tensor]]
 ForwardFn = Callable[[nn.Module, Inputs], Any]
-
-
-class InertPruner:
-    """Stands in for a disabled pruner: regularizers add nothing, ``prune`` does nothing."""
-
-    enabled = False
-    reset_optimizer = False
-    reached_target = False
-
-    def regularize(self, model: nn.Module) -> Optional[torch.Tensor]:
-        """Return None (channel) — the facade turns it into a 0 tensor where one is needed."""
-        return None
-
-    def prune(self, model: nn.Module, epoch: int, log: Optional[UserLog] = None) -> None:
-        """Do nothing."""
-
-    def state_dict(self) -> Dict[str, Any]:
-        """An empty state."""
-        return {}
-
-    def load_state_dict(self, state: Dict[str, Any]) -> None:
-        """Accept any (empty) state."""
 
 
 def _call_with(fn: Callable[..., Any], inputs: Inputs) -> Any:
@@ -158,8 +143,8 @@ class Pruning:
         self.example_inputs: Optional[Inputs] = None
         self._before: Optional[list] = None
         self.masks = MaskSet()
-        self.channel_pruner: Any = InertPruner()
-        self.slice_pruner: Any = InertPruner()
+        self.channel_pruner: Union[ChannelPruner, InertPruner] = InertPruner()
+        self.slice_pruner: Union[SlicePruner, InertPruner] = InertPruner()
         loaded = load_config(config_folder)
         self.config = loaded
         if loaded is None:
@@ -186,7 +171,8 @@ class Pruning:
                  "blocks are skipped by slice pruning; make it a multiple to slice-prune them.",
                  log, logging.WARNING, logger)
 
-    def _build_pruners(self, model: nn.Module, loaded: Any, forward_fn: Optional[Callable[..., Any]],
+    def _build_pruners(self, model: nn.Module, loaded: LoadedConfig,
+                       forward_fn: Optional[Callable[..., Any]],
                        example_inputs: Optional[Inputs], source: str,
                        log: Optional[UserLog]) -> None:
         if loaded.channel is not None:
@@ -198,17 +184,23 @@ class Pruning:
             self.channel_pruner = ChannelPruner(
                 model, loaded.channel, example_inputs=inputs,
                 forward_fn=normalize_forward_fn(forward_fn, model), masks=self.masks,
-                config_path=loaded.path, log=log)
+                config_path=loaded.path,
+                write_back=functools.partial(write_state, loaded.path, "channel_sparsity_args"),
+                log=log)
         if loaded.slice is not None:
             from .slice.pruner import SlicePruner
 
             self.slice_pruner = SlicePruner(model, loaded.slice, masks=self.masks, log=log)
 
     @property
+    def pruners(self) -> Tuple[Pruner, Pruner]:
+        """The channel and the slice pruner (an :class:`InertPruner` for a disabled one)."""
+        return self.channel_pruner, self.slice_pruner
+
+    @property
     def enabled(self) -> bool:
         """True when at least one pruner is active."""
-        return not (isinstance(self.channel_pruner, InertPruner)
-                    and isinstance(self.slice_pruner, InertPruner))
+        return any(not isinstance(p, InertPruner) for p in self.pruners)
 
     def channel_regularize(self, model: nn.Module) -> None:
         """Add the channel group-lasso to the gradients; call after ``loss.backward()``."""
@@ -258,7 +250,7 @@ class Pruning:
         """
         from .checkpoint.optimizer import carry_optimizer_state
 
-        replaced = getattr(self.channel_pruner, "replaced_params", None)
+        replaced = self.channel_pruner.replaced_params
         if not replaced:
             raise RuntimeError("no channels were physically removed yet: there is no optimizer "
                                "state to carry (call this when channel_pruner.reset_optimizer "
@@ -284,7 +276,7 @@ class Pruning:
                 "the run: enable channel_sparsity_args (with input_shape, or pass example_inputs "
                 "to Pruning) before any channel was removed")
         after = layer_stats(self.model, self.example_inputs, self.masks)  # masked = removed
-        sparsity = self.slice_pruner.sparsity() if hasattr(self.slice_pruner, "sparsity") else None
+        sparsity = self.slice_pruner.sparsity()
         return PruningReport(self._before, after, sparsity)
 
     def state_dict(self) -> Dict[str, Any]:

@@ -9,10 +9,10 @@ other heads keep their width (and so their ``1/sqrt(head_dim)`` scale), and once
 the attention module only needs its head count lowered.
 
 This module finds such groups (:func:`find_heads`): the nearest module enclosing the group's
-root Linear that holds its head count in an int attribute (:data:`HEAD_COUNT_ATTRS`), with every
+root Linear that holds its head count in an int attribute (:data:`~torch_pruning.pat.core.heads.HEAD_COUNT_ATTRS`), with every
 coupled position checked to belong to the same head as its root channel. It also keeps head
 counts right wherever shapes change: after physical removal, in the MAC counter's skeleton
-(:meth:`AttentionHeads.remove`) and when a pruned checkpoint is loaded (:func:`head_count_plans`).
+(:meth:`AttentionHeads.remove`) and when a pruned checkpoint is loaded (:func:`~torch_pruning.pat.core.heads.head_count_plans`).
 
 ``nn.MultiheadAttention`` is not handled: it ties every head's width to the embedding dimension
 (see ``docs/channel_pruning.md``).
@@ -28,53 +28,18 @@ from __future__ import annotations
 import copy
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
 from torch_pruning.pruner import function as F
 
-from ..util.log import emit
+from ..core.heads import HEAD_COUNT_ATTRS, HEAD_DIM_ATTRS, head_count_attr, head_counts, int_attr
 
-__all__ = ["HEAD_COUNT_ATTRS", "AttentionHeads", "head_count_attr", "find_heads",
-           "removal_is_exact", "checked_once", "head_count_plans", "tensors_in"]
+__all__ = ["AttentionHeads", "find_heads", "removal_is_exact", "checked_once", "tensors_in"]
 
 logger = logging.getLogger(__name__)
-
-#: Attribute names read as an attention module's head count (timm, Hugging Face, GPT-style).
-HEAD_COUNT_ATTRS = ("num_heads", "num_attention_heads", "n_heads", "n_head", "heads")
-#: Attributes holding ``heads * head_dim`` that are updated together with the head count.
-_WIDTH_ATTRS = ("all_head_size", "inner_dim")
-#: Attributes read as the width of one head, when present.
-_HEAD_DIM_ATTRS = ("head_dim", "attention_head_size", "d_head", "dim_head")
-
-
-def head_count_attr(module: nn.Module) -> Optional[str]:
-    """The attribute of ``module`` holding its head count, or None.
-
-    ``nn.MultiheadAttention`` answers None: its heads cannot be removed on their own.
-
-    Example:
-        >>> head_count_attr(nn.MultiheadAttention(8, 2)) is None
-        True
-    """
-    if isinstance(module, nn.MultiheadAttention):
-        return None
-    for attr in HEAD_COUNT_ATTRS:
-        value = getattr(module, attr, None)
-        if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
-            return attr
-    return None
-
-
-def _int_attr(module: nn.Module, names: Sequence[str]) -> Optional[int]:
-    for attr in names:
-        value = getattr(module, attr, None)
-        if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
-            return value
-    return None
-
 
 @dataclass
 class AttentionHeads:
@@ -104,21 +69,9 @@ class AttentionHeads:
 
         Used like an upstream pruning handler: the MAC counter runs it on its skeleton.
         """
-        for attr, value in _head_counts(module, self.attr,
+        for attr, value in head_counts(module, self.attr,
                                         getattr(module, self.attr) - len(heads)).items():
             setattr(module, attr, value)
-
-
-def _head_counts(module: nn.Module, attr: str, new: int) -> Dict[str, int]:
-    """The attributes of ``module`` with ``new`` heads of unchanged width: the head count
-    ``attr`` and each of :data:`_WIDTH_ATTRS` holding a multiple of the current count."""
-    old = getattr(module, attr)
-    counts = {attr: new}
-    for width in _WIDTH_ATTRS:
-        value = getattr(module, width, None)
-        if isinstance(value, int) and not isinstance(value, bool) and value % old == 0:
-            counts[width] = value // old * new
-    return counts
 
 
 def _enclosing(root_name: str, modules: Mapping[str, nn.Module]
@@ -161,7 +114,7 @@ def find_heads(items: Iterable[Tuple[str, object, torch.Tensor, torch.Tensor]], 
                       "head pruning does not handle (only Linear projections)")
     outputs = [dep.target.module.in_features for _, dep, _, _ in linears
                if dep.handler == F.prune_linear_in_channels]
-    head_dim = _int_attr(module, _HEAD_DIM_ATTRS) or (outputs[0] // count if outputs else 0)
+    head_dim = int_attr(module, HEAD_DIM_ATTRS) or (outputs[0] // count if outputs else 0)
     if not outputs or head_dim < 1:
         return None, f"no output projection of {name} reads its heads"
     heads = AttentionHeads(module, name, attr, count, head_dim)
@@ -252,42 +205,3 @@ def checked_once(DG: Any, heads: AttentionHeads, slices: Sequence[Any],
     if key not in cache:
         cache[key] = removal_is_exact(heads, slices, items, inputs)
     return cache[key]
-
-
-def head_count_plans(modules: Mapping[str, nn.Module],
-                     new_features: Mapping[str, Tuple[int, int]]) -> Dict[str, Dict[str, int]]:
-    """New head-count attributes of attention modules whose Linear projections shrank.
-
-    ``new_features`` maps Linear module names to their ``(in_features, out_features)`` in a
-    checkpoint. An attention module whose direct Linear children lost output features in one
-    proportion gets its head count lowered in that proportion (``head_dim`` is unchanged by
-    whole-head pruning).
-
-    Example:
-        >>> attn = nn.Module(); attn.num_heads = 4; attn.q = nn.Linear(8, 8)
-        >>> head_count_plans({"attn": attn, "attn.q": attn.q}, {"attn.q": (8, 4)})
-        {'attn': {'num_heads': 2}}
-    """
-    plans: Dict[str, Dict[str, int]] = {}
-    for name, module in modules.items():
-        attr = head_count_attr(module)
-        if attr is None:
-            continue
-        count = getattr(module, attr)
-        ratios: List[Tuple[int, int]] = []
-        for child, sub in module.named_children():
-            key = f"{name}.{child}" if name else child
-            if isinstance(sub, nn.Linear) and key in new_features:
-                out = new_features[key][1]
-                if out != sub.out_features:
-                    ratios.append((out, sub.out_features))
-        if not ratios:
-            continue
-        heads = {count * out // old for out, old in ratios}
-        if len(heads) == 1 and all((count * out) % old == 0 for out, old in ratios):
-            plans[name] = _head_counts(module, attr, heads.pop())
-        else:
-            emit(f"{name or '<root>'}: its projections shrank in different proportions "
-                 f"{sorted(set(ratios))}; its head count {attr}={count} is left as it is",
-                 level=logging.WARNING, logger=logger)
-    return plans

@@ -1,4 +1,5 @@
-"""A dependency group of the channel pruner, its coupled parameter slices and their masks.
+"""A dependency group of the channel pruner, its coupled parameter slices, their masks, and
+the removal plan the cost models count (:func:`removal_plan`).
 
 A :class:`ChannelGroup` is built by :func:`torch_pruning.pat.channel.grouping.select_groups`; masks,
 regularization, selection and MAC counting all read its :class:`ParamSlice` list.
@@ -7,7 +8,7 @@ regularization, selection and MAC counting all read its :class:`ParamSlice` list
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 import torch
 from torch import nn
@@ -15,8 +16,9 @@ from torch import nn
 from torch_pruning.dependency import Dependency, Group
 
 from ..attention.heads import AttentionHeads
+from ..core.cost import RemovalPlan
 
-__all__ = ["ParamSlice", "ChannelGroup", "keep_masks"]
+__all__ = ["ParamSlice", "ChannelGroup", "keep_masks", "removal_plan"]
 
 
 @dataclass(frozen=True)
@@ -156,3 +158,32 @@ def keep_masks(groups: Sequence[ChannelGroup],
             key = (s.module, s.name)
             keeps[key] = along.view(shape) if key not in keeps else keeps[key] & along.view(shape)
     return keeps
+
+
+def removal_plan(groups: Iterable[ChannelGroup], pruned: Dict[int, torch.Tensor]) -> RemovalPlan:
+    """The groups' pruned root channels as the plain plan a cost model counts.
+
+    ``pruned`` maps a group number to a bool tensor over its root channels. The plan says which
+    positions each upstream handler removes on each module (merged over groups, so each handler
+    runs once on unpruned shapes); attention head counts appear as
+    ``(attention, AttentionHeads.remove) -> (None, heads)``.
+
+    Example:
+        >>> removal_plan(groups, {1: torch.tensor([True, False, False, False])})  # doctest: +SKIP
+        {(Conv2d(3, 4, ...), <bound method ConvPruner.prune_out_channels ...>): (0, [0]), ...}
+    """
+    plan: Dict[Tuple[nn.Module, Callable[..., Any]], Tuple[Optional[int], Set[int]]] = {}
+    for g in groups:
+        mask = pruned.get(g.number)
+        if mask is None or not bool(mask.any()):
+            continue
+        if g.heads is not None:  # the attention module's head count follows
+            heads = torch.unique(g.heads.unit_index(mask.nonzero().flatten())).tolist()
+            plan[(g.heads.module, g.heads.remove)] = (None, set(heads))
+        for _, dep, idxs, roots in g.items:
+            chosen = idxs[mask[roots]].tolist()
+            if chosen:
+                key = (dep.target.module, dep.handler)
+                plan.setdefault(key, (dep.target.pruning_dim, set()))[1].update(chosen)
+    return {k: (dim, sorted(s)) for k, (dim, s) in plan.items()}
+

@@ -28,15 +28,15 @@ from torch_pruning import ops
 from torch_pruning.dependency import Dependency, DependencyGraph, Group
 from torch_pruning.pruner import function as F
 
-from ..util.log import UserLog, emit
-from ..attention.heads import checked_once, find_heads, head_count_attr
-from .group import ChannelGroup, ParamSlice, keep_masks
-from ..config.io import PruningConfigError
+from ..attention.heads import checked_once, find_heads
+from ..config.errors import PruningConfigError
+from ..core.heads import head_count_attr
 from ..core.masks import strip_module_prefix
-from .tracing import build_graph, call_model
+from ..util.log import UserLog, emit
+from .group import ChannelGroup, ParamSlice
+from .tracing import build_graph  # noqa: F401  (used by the doctest examples)
 
-__all__ = ["ParamSlice", "ChannelGroup", "build_graph", "resolve_layers", "select_groups",
-           "log_groups", "call_model", "keep_masks"]
+__all__ = ["resolve_layers", "select_groups", "log_groups"]
 
 logger = logging.getLogger(__name__)
 
@@ -234,14 +234,15 @@ def _heads_root(DG: DependencyGraph, attention: nn.Module, names: Dict[nn.Module
 
 
 def select_groups(model: nn.Module, DG: DependencyGraph, layers: Union[str, Sequence[str]], *,
-                  source: str = "", log: Optional[UserLog] = None,
-                  quiet: bool = False) -> List[ChannelGroup]:
+                  source: str = "", log: Optional[UserLog] = None, quiet: bool = False,
+                  skipped: Optional[List[str]] = None) -> List[ChannelGroup]:
     """The dependency groups rooted at the configured layers, in model order, numbered from 1.
 
     A layer whose channels are already in an earlier group joins that group. Layers that cannot
     be pruned (channels that are model outputs, layers upstream cannot mask, layers the traced
     forward never reached) are reported by name and skipped; ``quiet`` (a re-selection after a
-    physical removal) reports them at debug level only.
+    physical removal, or ``validate``) reports them at debug level only. ``skipped``, if given,
+    receives one ``"<layer>: <reason>"`` line per skipped layer (what ``validate`` prints).
 
     Example:
         >>> net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 1), nn.Flatten())
@@ -253,7 +254,7 @@ def select_groups(model: nn.Module, DG: DependencyGraph, layers: Union[str, Sequ
     explicit = layers != "all"
     groups: List[ChannelGroup] = []
     owner: Dict[nn.Module, ChannelGroup] = {}
-    skipped: List[str] = []
+    skipped = skipped if skipped is not None else []
     for name, module in resolve_layers(model, layers, source):
         if isinstance(module, _ATTENTION):
             skipped.append(f"{name} ({type(module).__name__}, {module.num_heads} heads): "

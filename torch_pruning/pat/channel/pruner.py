@@ -10,7 +10,7 @@ The :class:`~torch_pruning.pat.facade.Pruning` facade builds one :class:`Channel
 Lifecycle: *masking* (each scheduled epoch, the lowest-importance channels of each group are
 masked — zero in every coupled parameter, kept zero by :class:`~torch_pruning.pat.core.masks.MaskSet`)
 until the MACs of the masked model are at most ``mac_target`` of the original; then the state is
-written to the config file and, with ``prune_at_target``, the masked channels are removed
+handed to ``write_back`` (the facade writes it to the config file) and, with ``prune_at_target``, the masked channels are removed
 physically through upstream's group pruning. After that ``prune()`` only logs the summary.
 
 Example:
@@ -23,28 +23,27 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..util.log import UserLog, emit, human_count
-from ..util.model import unwrap_model
-from .progress import ProgressWatch
-from .regularizer import ChannelRegularizer
-from .state import ChannelPrunerState
 from ..config.models import ChannelSparsityArgs, PruningMethod
-from ..config.io import write_state
-from .group import keep_masks
-from .grouping import log_groups, select_groups
-from .tracing import build_graph
-from .importance import make_importance
+from ..core.cost import CostModel, RemovalPlan
 from ..core.latency import LatencyCost, load_or_measure
 from ..core.macs import MacCounter
 from ..core.masks import MaskSet
 from ..core.schedule import ChannelSchedule
+from ..util.log import UserLog, emit, human_count
+from ..util.model import unwrap_model
+from .group import keep_masks, removal_plan
+from .grouping import log_groups, select_groups
+from .importance import make_importance
+from .progress import ProgressWatch
 from .ranking import SelectionRules, select_units, with_dead_units
+from .regularizer import ChannelRegularizer
+from .tracing import build_graph
 
 __all__ = ["ChannelPruner"]
 
@@ -53,10 +52,14 @@ logger = logging.getLogger(__name__)
 SECTION = "channel_sparsity_args"
 LAYER = "channel"
 _Plan = Dict[int, torch.Tensor]
+#: Called with the state fields to write back to the config file once the target is met.
+WriteBack = Callable[[Mapping[str, Any]], Any]
 
 
-class ChannelPruner(ChannelPrunerState):
+class ChannelPruner:
     """Prunes the channels of dependency groups to a MAC budget during training.
+
+    Implements :class:`~torch_pruning.pat.core.pruner.Pruner`.
 
     Args:
         model: the model (DDP/DataParallel wrappers are unwrapped).
@@ -64,13 +67,18 @@ class ChannelPruner(ChannelPrunerState):
         example_inputs: inputs for tracing and MAC counting (tensor, list/tuple or dict).
         forward_fn: upstream-form ``fn(model, inputs)`` to run the model, or None.
         masks: the shared :class:`MaskSet`; this pruner owns its ``"channel"`` layer.
-        config_path: the ``pruning_config.json`` the state fields are written back to.
+        config_path: the ``pruning_config.json`` the run uses (named in messages; the latency
+            table is cached beside it).
+        write_back: called with ``{"reach_mac_target": True, "log_str": summary}`` when the
+            target is met (the facade writes them into ``config_path``); may raise OSError.
         log: a user log receiving the same lines as the ``torch_pruning.pat`` logger.
 
     Attributes:
         reset_optimizer: set True after a physical removal; the user re-creates the optimizer
             and sets it back to False.
         reached_target: True once the target is met (or the config says it was).
+        replaced_params: after a physical removal, old Parameter -> (new Parameter, kept
+            indices per dim), for ``carry_optimizer_state``.
 
     Example:
         >>> cfg = ChannelSparsityArgs(start_epoch=0, end_epoch=4, global_prune_rate=0.8,
@@ -81,10 +89,14 @@ class ChannelPruner(ChannelPrunerState):
         True
     """
 
+    enabled = True
+
     def __init__(self, model: nn.Module, cfg: ChannelSparsityArgs, *, example_inputs: Any,
                  forward_fn: Optional[Callable[[nn.Module, Any], Any]] = None, masks: MaskSet,
-                 config_path: Optional[Path] = None, log: Optional[UserLog] = None) -> None:
+                 config_path: Optional[Path] = None, write_back: Optional[WriteBack] = None,
+                 log: Optional[UserLog] = None) -> None:
         self.cfg = cfg
+        self.write_back = write_back
         self.masks = masks
         self.config_path = Path(config_path) if config_path is not None else None
         self.log = log
@@ -97,6 +109,7 @@ class ChannelPruner(ChannelPrunerState):
         self.reached_target = bool(cfg.reach_mac_target)
         self.groups: list = []
         self.regularizer: Optional[ChannelRegularizer] = None
+        self.replaced_params: Dict[Any, Any] = {}
         self._model = unwrap_model(model)
         self._summary = cfg.log_str
         self._pruned: _Plan = {}
@@ -127,7 +140,7 @@ class ChannelPruner(ChannelPrunerState):
         self._counter: Optional[MacCounter] = None  # built on first use (it traces once more)
         needs_costs = cfg.regularize.mac_reg > 0 or (
             cfg.pruning_method == PruningMethod.MAC_AWARE and cfg.MAC_params.use_macs)
-        self._cost_model: Any = None  # MacCounter, or LatencyCost with cost "latency"
+        self._cost_model: Optional[CostModel] = None  # MacCounter, or LatencyCost
         cost = {g.root: self.cost_model.cost(dep.target.module for _, dep, _, _ in g.items)
                 for g in groups} if needs_costs else {}
         self.importance = make_importance(cfg.pruning_method, costs=cost, params=cfg.MAC_params)
@@ -247,17 +260,19 @@ class ChannelPruner(ChannelPrunerState):
         plan, ratio = self._land_on_target(scores, self._ratio, ratio, plan, target)
         return plan, ratio, True
 
+    def _removal(self, plan: _Plan) -> RemovalPlan:
+        """The plan as the cost models take it: positions removed per module and handler."""
+        return removal_plan(self.groups, self._channels(plan))
+
     def _count(self, plan: _Plan) -> Tuple[float, int]:
-        return self.counter.count_groups(self.groups, self._channels(plan))
+        return self.counter.count(self._removal(plan))
 
     def _cost(self, plan: _Plan) -> float:
         """What ``mac_target`` measures for ``plan``: MACs, or estimated latency (ms)."""
-        if self.cost_model is self.counter:
-            return self._count(plan)[0]
-        return self.cost_model.count_groups(self.groups, self._channels(plan))[0]
+        return self.cost_model.count(self._removal(plan))[0]
 
     @property
-    def cost_model(self) -> Any:
+    def cost_model(self) -> CostModel:
         """The MAC counter, or with ``cost: "latency"`` a :class:`~.latency.LatencyCost`
         (layers timed once on the model's device, cached beside the config)."""
         if getattr(self, "_cost_model", None) is None:
@@ -270,7 +285,7 @@ class ChannelPruner(ChannelPrunerState):
                     self._per_ms = table.per_mac(self._model)
                 self._cost_model = LatencyCost(self.counter, self._per_ms)
                 if getattr(self, "_base_cost", None) is None:
-                    self._base_cost = self._cost_model.base_macs
+                    self._base_cost = self._cost_model.base_cost
         return self._cost_model
 
     @property
@@ -345,8 +360,8 @@ class ChannelPruner(ChannelPrunerState):
         self._summary = self._make_summary(epoch)
         self.reached_target = True
         try:
-            write_state(self.config_path, SECTION,
-                        {"reach_mac_target": True, "log_str": self._summary})
+            if self.write_back is not None:
+                self.write_back({"reach_mac_target": True, "log_str": self._summary})
         except OSError as e:
             emit(f"could not write the pruning state to {self.config_path}: {e}", log,
                  logging.WARNING, logger)
@@ -421,6 +436,60 @@ class ChannelPruner(ChannelPrunerState):
              f"({macs / self.base_macs:.2%} of original). Re-create the "
              "optimizer (channel_pruner.reset_optimizer is True).", log or self.log,
              logger=logger)
+
+    # ------------------------------------------------------------------ checkpoint state
+    def state_dict(self) -> Dict[str, Any]:
+        """Pruned channels per group, schedule progress and the reached flag."""
+        return {"version": 1, "reached": self.reached_target, "removed": self._removed,
+                "summary": self._summary, "ratio": self._ratio, "last_epoch": self._last_epoch,
+                "base": self._base,
+                "pruned_units": {g.source: self._pruned[g.number].nonzero().flatten().clone()
+                                 for g in self.groups}}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` output (after loading the model weights).
+
+        The saved state is the truth: a config file that says ``reach_mac_target`` while the
+        state is from before the target (the job died between the write-back and its next
+        checkpoint) resumes pruning. A state that does not fit the selected groups raises
+        ValueError before anything changes.
+        """
+        if not state:
+            return
+        reached, removed = bool(state.get("reached")), bool(state.get("removed"))
+        if not removed:  # validate before changing anything
+            if not hasattr(self, "graph") and (not reached or state.get("pruned_units")):
+                self._build(self._model, announce=False)  # from the model and config only
+            pruned = self._pruned_from(state.get("pruned_units", {}))
+        if self.reached_target and not reached:
+            emit(f"{self._source} says reach_mac_target is true, but the checkpoint's pruner "
+                 "state is from before the target was met: channel pruning continues from the "
+                 "checkpoint.", self.log, logger=logger)
+        self._summary = state.get("summary", self._summary)
+        self._base = state.get("base") or self._base
+        self._ratio, self._last_epoch = state.get("ratio", 0.0), state.get("last_epoch")
+        self.reached_target, self._removed = reached, removed
+        if removed:  # the model is loaded in its final shapes: nothing left to mask
+            self.groups, self._pruned, self.regularizer = [], {}, None
+            self._counter = self._cost_model = None
+            return
+        self._pruned = pruned
+        self.masks.clear(LAYER)
+        self._apply_masks()
+
+    def _pruned_from(self, saved: Dict[str, Any]) -> _Plan:
+        by_source = {g.source: g for g in self.groups}
+        pruned = {g.number: torch.zeros(g.units, dtype=torch.bool) for g in self.groups}
+        for source, units in saved.items():
+            g, units = by_source.get(source), torch.as_tensor(units, dtype=torch.long)
+            if g is None or (units.numel() and not 0 <= int(units.min()) <= int(units.max())
+                             < g.units):
+                raise ValueError(f"the saved channel-pruner state has group '{source}' with "
+                                 f"units {units.tolist()[:8]}, which do not fit the selected "
+                                 f"groups {[(g.source, g.units) for g in self.groups]}; was it "
+                                 f"saved with another {SECTION}.layers or model?")
+            pruned[g.number][units] = True
+        return pruned
 
     # ------------------------------------------------------------------ reporting
     @property

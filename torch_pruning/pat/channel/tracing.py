@@ -1,7 +1,7 @@
 """Tracing a model into upstream's DependencyGraph, without side effects on the model.
 
 :func:`build_graph` is what the channel pruner (and the tools) trace with: it always passes a
-``forward_fn`` (:func:`call_model`), restores every module's ``training`` flag, records which
+``forward_fn`` (:func:`~torch_pruning.pat.util.model.call_model`), restores every module's ``training`` flag, records which
 modules produce the model's outputs and the inputs every attention module received.
 
 Example:
@@ -19,23 +19,11 @@ from torch import nn
 
 from torch_pruning.dependency import DependencyGraph
 
-from ..attention.heads import head_count_attr, tensors_in
+from ..attention.heads import tensors_in
+from ..core.heads import head_count_attr
+from ..util.model import call_model
 
-__all__ = ["call_model", "build_graph"]
-
-
-def call_model(model: nn.Module, inputs: Any) -> Any:
-    """Run ``model`` on example inputs: a tensor, a list/tuple of tensors, or a dict.
-
-    Used as the tracing ``forward_fn`` when the user gives none. Upstream's default calls
-    ``model(*inputs)`` first and falls back on any error, which unpacks a single batch-1 tensor
-    into an *unbatched* sample (see ``tests/test_channel_pruner.py::test_upstream_unpacks``).
-    """
-    if isinstance(inputs, dict):
-        return model(**inputs)
-    if isinstance(inputs, (list, tuple)):
-        return model(*inputs)
-    return model(inputs)
+__all__ = ["build_graph"]
 
 
 def _detached(value: Any) -> Any:

@@ -23,8 +23,7 @@ import logging
 import os
 import pickle
 from collections import OrderedDict
-from dataclasses import dataclass
-from typing import Any, BinaryIO, Dict, Iterable, List, Mapping, Tuple, Union
+from typing import Any, BinaryIO, Dict, List, Mapping, Tuple, Union
 
 import torch
 from torch import nn
@@ -33,11 +32,10 @@ from torch.nn.parameter import is_lazy
 
 from ..util.log import emit
 from ..util.model import unwrap_model
-from ..attention.heads import head_count_plans
+from ..core.heads import head_count_plans
 from .rebuild import RebuildPlan, Shape, UnrebuildableError, apply_plans, find_rule, module_shapes
 
-__all__ = ["CheckpointError", "load_state_dict_pruned", "optimizer_state_matches",
-           "OptimizerStateReport"]
+__all__ = ["CheckpointError", "load_state_dict_pruned"]
 
 logger = logging.getLogger(__name__)
 
@@ -298,7 +296,7 @@ def _plan_one(path: str, module: nn.Module, names: List[str], state: Mapping[str
     rule = find_rule(module)
     if rule is None:
         raise error("there is no rebuild rule for this layer type (register one with "
-                    "torch_pruning.pat.checkpoint.rebuild.register_rebuild_rule)")
+                    "torch_pruning.pat.register_rebuild_rule)")
     try:
         plan = rule(module, found, hints)
     except UnrebuildableError as exc:
@@ -325,95 +323,3 @@ def _few(keys: List[str]) -> str:
 
 def _shapes(shapes: Mapping[str, Shape]) -> str:
     return ", ".join(f"{n} {tuple(s)}" for n, s in shapes.items()) or "no tensors"
-
-
-# --------------------------------------------------------------------------- optimizer
-@dataclass(frozen=True)
-class OptimizerStateReport:
-    """Whether a saved optimizer state fits a model's parameters; truthy when it does.
-
-    Example:
-        >>> report = OptimizerStateReport(False, "1 state tensor differs", ("fc.weight: ...",))
-        >>> bool(report), report.reason
-        (False, '1 state tensor differs')
-    """
-
-    matches: bool
-    reason: str
-    mismatches: Tuple[str, ...] = ()
-
-    def __bool__(self) -> bool:
-        return self.matches
-
-
-def optimizer_state_matches(
-    optimizer_state_dict: Union[Mapping[str, Any], torch.optim.Optimizer],
-    model: Union[nn.Module, Iterable[torch.Tensor]],
-) -> OptimizerStateReport:
-    """Tell whether a saved optimizer state can be loaded for ``model``'s current parameters.
-
-    After a pruned checkpoint is loaded, an optimizer state saved before the pruning (or the
-    state of an optimizer built over the unpruned model) holds momentum / Adam moments of the
-    old shapes; loading it would fail or misbehave. Build a new optimizer when this is False.
-
-    Args:
-        optimizer_state_dict: ``optimizer.state_dict()`` (or a checkpoint holding it under
-            ``"optimizer"``, or the optimizer itself).
-        model: the model, whose ``parameters()`` order the optimizer is assumed to follow, or
-            the exact parameter list the optimizer was built with. Parameter names saved by the
-            optimizer (``param_names``, PyTorch >= 2.6) are used instead of the order if present.
-
-    Returns:
-        An :class:`OptimizerStateReport` (truthy when every per-parameter state tensor has its
-        parameter's shape), whose ``mismatches`` name the first differing parameters.
-
-    Example:
-        >>> model = nn.Linear(4, 2)
-        >>> optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-        >>> model(torch.ones(1, 4)).sum().backward(); optimizer.step()
-        >>> saved = optimizer.state_dict()
-        >>> bool(optimizer_state_matches(saved, model))
-        True
-        >>> model, _, _ = load_state_dict_pruned(model, nn.Linear(3, 2).state_dict())
-        >>> optimizer_state_matches(saved, model).mismatches
-        ('weight: momentum_buffer (2, 4) vs parameter (2, 3)',)
-    """
-    state_dict = optimizer_state_dict
-    if isinstance(state_dict, torch.optim.Optimizer):
-        state_dict = state_dict.state_dict()
-    if isinstance(state_dict, Mapping) and "param_groups" not in state_dict \
-            and isinstance(state_dict.get("optimizer"), Mapping):
-        state_dict = state_dict["optimizer"]
-    if not isinstance(state_dict, Mapping) or not {"state", "param_groups"} <= set(state_dict):
-        raise CheckpointError("expected an optimizer state_dict with 'state' and 'param_groups'")
-    groups = state_dict["param_groups"]
-    ids = [i for group in groups for i in group["params"]]
-    if isinstance(model, nn.Module):
-        named = list(unwrap_model(model).named_parameters())
-    else:
-        named = [(f"parameter {i}", p) for i, p in enumerate(model)]
-    saved_names = [n for group in groups for n in group.get("param_names", [])]
-    if isinstance(model, nn.Module) and len(saved_names) == len(ids):
-        by_name = dict(named)
-        names = [n[len("module."):] if n.startswith("module.") and n not in by_name else n
-                 for n in saved_names]
-        unknown = [n for n in names if n not in by_name]
-        if unknown:
-            return OptimizerStateReport(False, f"the optimizer state names parameters the model "
-                                               f"lacks: {_few(unknown)}", tuple(unknown))
-        pairs = [(n, by_name[n]) for n in names]
-    elif len(ids) != len(named):
-        return OptimizerStateReport(False, f"the optimizer state holds {len(ids)} parameters, "
-                                           f"the model has {len(named)}")
-    else:
-        pairs = named
-    mismatches = tuple(
-        f"{name}: {key} {tuple(value.shape)} vs parameter {tuple(param.shape)}"
-        for idx, (name, param) in zip(ids, pairs)
-        for key, value in state_dict["state"].get(idx, {}).items()
-        if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape != param.shape)
-    if mismatches:
-        return OptimizerStateReport(False, f"{len(mismatches)} optimizer state tensor(s) do not "
-                                           f"have their parameter's shape; build a new optimizer",
-                                    mismatches)
-    return OptimizerStateReport(True, f"the optimizer state fits all {len(ids)} parameters")

@@ -21,25 +21,17 @@ from pydantic import BaseModel, ValidationError
 
 from ..util.io import atomic_write_text
 from ..util.log import emit, is_rank_zero
+from .errors import PruningConfigError
 from .models import (DEPRECATED_KEYS, REQUIRED_WHEN_ENABLED, ChannelSparsityArgs, PruningConfig,
                      SliceSparsityArgs)
 
-__all__ = ["CONFIG_FILENAME", "PruningConfigError", "LoadedConfig", "ConfigSource",
-           "load_config", "write_state", "atomic_write_text"]
+__all__ = ["CONFIG_FILENAME", "LoadedConfig", "ConfigSource", "load_config", "validate_config",
+           "write_state"]
 
 logger = logging.getLogger(__name__)
 
 CONFIG_FILENAME = "pruning_config.json"
 ConfigSource = Union[str, "os.PathLike[str]", Mapping[str, Any], PruningConfig, None]
-
-
-class PruningConfigError(ValueError):
-    """A pruning config is unreadable or invalid. The message names file, field and fix."""
-
-    def __init__(self, message: str, *, source: str = "", field: str = "") -> None:
-        super().__init__(f"{source}: {message}" if source else message)
-        self.source = source
-        self.field = field
 
 
 @dataclass

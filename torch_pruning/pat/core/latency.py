@@ -37,9 +37,9 @@ from torch import nn
 
 from ..util.io import atomic_write_text
 from ..util.log import UserLog, emit
-from ..channel.group import ChannelGroup
-from ..channel.tracing import call_model
-from .macs import MacCounter, count_macs, removal_plan
+from ..util.model import call_model
+from .cost import RemovalPlan
+from .macs import MacCounter, count_macs
 from .masks import strip_module_prefix
 
 __all__ = ["LATENCY_TABLE", "LatencyTable", "LatencyCost", "time_module", "load_or_measure"]
@@ -250,21 +250,25 @@ def _load_or_measure(model: nn.Module, example_inputs: Any,
 
 
 class LatencyCost:
-    """The channel pruner's cost model for ``cost: "latency"`` (same surface as MacCounter's
-    ``cost``/``count_groups``/``base_macs``, in estimated milliseconds).
+    """The latency :class:`~.cost.CostModel` for ``cost: "latency"``: estimated milliseconds
+    (each layer's MACs, counted by a :class:`~.macs.MacCounter`, priced at its measured ms/MAC).
 
     Example:
         >>> cost = LatencyCost(counter, table.per_mac(model))  # doctest: +SKIP
-        >>> plan = {1: torch.tensor([True, False])}
-        >>> ms, params = cost.count_groups(groups, plan)  # doctest: +SKIP
-        >>> ms < cost.base_macs  # doctest: +SKIP
+        >>> ms, params = cost.count({(conv, prune_conv_out_channels): (0, [0])})  # doctest: +SKIP
+        >>> ms < cost.base_cost  # doctest: +SKIP
         True
     """
 
     def __init__(self, counter: MacCounter, per_mac: Dict[nn.Module, float]) -> None:
         self.counter = counter
         self.per_mac = per_mac
-        self.base_macs = self._price(counter.layer_macs)
+        self.base_cost = self._price(counter.layer_macs)
+
+    @property
+    def base_macs(self) -> float:
+        """Deprecated name of :attr:`base_cost` (estimated milliseconds, not MACs)."""
+        return self.base_cost
 
     def _price(self, layer_macs: Dict[nn.Module, float]) -> float:
         return float(sum(rate * layer_macs.get(m, 0.0) for m, rate in self.per_mac.items()))
@@ -275,9 +279,7 @@ class LatencyCost:
         return float(sum(rate * self.counter.layer_macs.get(m, 0.0)
                          for m, rate in self.per_mac.items() if m in chosen))
 
-    def count_groups(self, groups: Iterable[ChannelGroup],
-                     pruned: Dict[int, torch.Tensor]) -> Tuple[float, int]:
-        """(estimated milliseconds, params) with each group's ``pruned`` channels removed."""
-        removal = removal_plan(groups, pruned)
+    def count(self, removal: RemovalPlan) -> Tuple[float, int]:
+        """(estimated milliseconds, params) with ``removal`` applied."""
         params = self.counter.count(removal)[1]
         return self._price(self.counter.count_layers(removal)), params

@@ -26,50 +26,19 @@ import copy
 import io
 import itertools
 import logging
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, Optional, Tuple
 
 import torch
 from torch import nn
 
-from torch_pruning.dependency import Dependency
 from torch_pruning.utils import count_ops_and_params
 
 from ..util.model import to_device
-from ..channel.group import ChannelGroup
+from .cost import RemovalPlan
 
-__all__ = ["MacCounter", "Removal", "removal_plan", "count_macs", "SHAPE_PRESERVING"]
+__all__ = ["MacCounter", "count_macs", "SHAPE_PRESERVING"]
 
 logger = logging.getLogger(__name__)
-
-#: ``(module, handler) -> (dependency, positions to remove)`` in the unpruned model's indices.
-#: Attention head counts appear as ``(attention, AttentionHeads.remove) -> (None, heads)``.
-Removal = Dict[Tuple[nn.Module, Callable[..., Any]], Tuple[Optional[Dependency], List[int]]]
-
-
-def removal_plan(groups: Iterable[ChannelGroup], pruned: Dict[int, torch.Tensor]) -> Removal:
-    """Which positions each upstream handler removes, given each group's pruned root channels.
-
-    ``pruned`` maps a group number to a bool tensor over its root channels. Positions of one
-    handler on one module are merged over groups, so each handler runs once on unpruned shapes.
-
-    Example:
-        >>> removal_plan(groups, {1: torch.tensor([True, False, False, False])})  # doctest: +SKIP
-        {(Conv2d(3, 4, ...), <bound method ConvPruner.prune_out_channels ...>): (..., [0]), ...}
-    """
-    plan: Dict[Tuple[nn.Module, Callable[..., Any]], Tuple[Optional[Dependency], set]] = {}
-    for g in groups:
-        mask = pruned.get(g.number)
-        if mask is None or not bool(mask.any()):
-            continue
-        if g.heads is not None:  # the attention module's head count follows
-            heads = torch.unique(g.heads.unit_index(mask.nonzero().flatten())).tolist()
-            plan[(g.heads.module, g.heads.remove)] = (None, set(heads))
-        for _, dep, idxs, roots in g.items:
-            chosen = idxs[mask[roots]].tolist()
-            if chosen:
-                plan.setdefault((dep.target.module, dep.handler), (dep, set()))[1].update(chosen)
-    return {k: (dep, sorted(s)) for k, (dep, s) in plan.items()}
-
 
 #: Leaf modules whose output has the input's shape: in the skeleton they return their input
 #: (upstream's hooks still count them from the shapes), which skips slow meta kernels.
@@ -150,6 +119,8 @@ def count_macs(model: nn.Module, inputs: Any,
 class MacCounter:
     """MACs and parameter counts of a model with some channels removed, without touching it.
 
+    The MAC :class:`~.cost.CostModel`: :meth:`count` takes a :data:`~.cost.RemovalPlan`.
+
     Args:
         model: the (unwrapped) model, in its current shapes.
         example_inputs: the inputs MACs are counted for (as given to the pruner).
@@ -161,7 +132,7 @@ class MacCounter:
 
     Example:
         >>> counter = MacCounter(net, torch.randn(1, 3, 16, 16))  # doctest: +SKIP
-        >>> counter.count_groups(groups, {1: torch.tensor([True] + [False] * 7)})  # doctest: +SKIP
+        >>> counter.count({(net[0], prune_conv_out_channels): (0, [0])})  # doctest: +SKIP
         (52352.0, 188)
     """
 
@@ -221,11 +192,16 @@ class MacCounter:
                 h.remove()
         return False
 
+    @property
+    def base_cost(self) -> float:
+        """The :class:`~.cost.CostModel` name of :attr:`base_macs`."""
+        return self.base_macs
+
     def cost(self, modules: Iterable[nn.Module]) -> float:
         """Sum of the base MACs of ``modules`` (a group's coupled layers)."""
         return float(sum(self.layer_macs.get(m, 0.0) for m in set(modules)))
 
-    def count(self, removal: Removal) -> Tuple[float, int]:
+    def count(self, removal: RemovalPlan) -> Tuple[float, int]:
         """(MACs, params) of the model with ``removal`` applied; the last result is cached.
 
         The handlers run on the skeleton itself and every touched module is restored after
@@ -244,7 +220,7 @@ class MacCounter:
         self._cache = (key, result)
         return result
 
-    def count_layers(self, removal: Removal) -> Dict[nn.Module, float]:
+    def count_layers(self, removal: RemovalPlan) -> Dict[nn.Module, float]:
         """MACs of every module of the model with ``removal`` applied (keyed by live module).
 
         Example:
@@ -259,14 +235,14 @@ class MacCounter:
         return {m: float(layer.get(self._modules[i]) or 0.0) for m, i in self._position.items()}
 
     @contextlib.contextmanager
-    def _applied(self, removal: Removal) -> Iterator[None]:
+    def _applied(self, removal: RemovalPlan) -> Iterator[None]:
         """Run upstream's handlers on the skeleton; restore every touched module after."""
         touched = {self._modules[self._position[m]] for m, _ in removal}
         saved = [(m, dict(m.__dict__), dict(m._parameters), dict(m._buffers)) for m in touched]
         try:
-            for (module, handler), (dep, idxs) in removal.items():
-                if dep is not None:  # as Dependency.__call__
-                    handler.__self__.pruning_dim = dep.target.pruning_dim
+            for (module, handler), (dim, idxs) in removal.items():
+                if dim is not None:  # as upstream's Dependency.__call__
+                    handler.__self__.pruning_dim = dim
                 handler(self._modules[self._position[module]], idxs)
             yield
         finally:
@@ -277,11 +253,6 @@ class MacCounter:
                 m._parameters.update(params_)
                 m._buffers.clear()
                 m._buffers.update(buffers)
-
-    def count_groups(self, groups: Iterable[ChannelGroup],
-                     pruned: Dict[int, torch.Tensor]) -> Tuple[float, int]:
-        """(MACs, params) with each group's ``pruned`` root channels removed."""
-        return self.count(removal_plan(groups, pruned))
 
 
 def _first_device(inputs: Any) -> torch.device:

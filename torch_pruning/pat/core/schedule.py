@@ -1,4 +1,5 @@
-"""The channel-pruning schedule: which channel ratio to reach at the end of each epoch.
+"""The pruning schedules: which channel ratio (channel pruner) or slice fraction (slice pruner)
+to reach at the end of each epoch.
 
 A schedule answers one question, like an LR scheduler: *what ratio at epoch e?* It is pure
 (no model, no state), so it is tested as a function.
@@ -20,11 +21,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import List
+from typing import List, Optional
 
-from ..config.models import ChannelSparsityArgs
+from ..config.models import ChannelSparsityArgs, SliceSparsityArgs
 
-__all__ = ["ChannelSchedule"]
+__all__ = ["ChannelSchedule", "SliceSchedule"]
 
 logger = logging.getLogger(__name__)
 
@@ -129,3 +130,35 @@ class ChannelSchedule:
             [0.2, 0.4, 0.6]
         """
         return [self.ratio(self.start_epoch + k * self.epoch_rate) for k in range(self.n_steps)]
+
+
+class SliceSchedule:
+    """Which fraction of eligible slices is zero after ``prune()`` at a given epoch.
+
+    Pruning epochs are those of the channel schedule (:class:`ChannelSchedule`):
+    ``start, start+every, start+2*every, ...`` while ``<= end``. With ``gradual`` the rate climbs
+    linearly over those epochs and reaches ``rate`` at the last one; without it, it jumps to
+    ``rate`` at ``start`` (later steps only top up slices that became eligible).
+
+    Example:
+        >>> s = SliceSchedule(start=2, end=6, every=2, rate=0.75, gradual=True)
+        >>> [s.rate_at(e) for e in range(8)]
+        [None, None, 0.25, None, 0.5, None, 0.75, None]
+    """
+
+    def __init__(self, start: int, end: int, every: int, rate: float, gradual: bool) -> None:
+        self.rate = rate
+        self.gradual = gradual
+        self.steps = ChannelSchedule(start, end, every, rate)
+
+    @classmethod
+    def from_config(cls, cfg: SliceSparsityArgs) -> "SliceSchedule":
+        """The schedule of a ``slice_sparsity_args`` section."""
+        return cls(cfg.start_epoch, cfg.end_epoch, cfg.epoch_rate, cfg.prune_rate,
+                   cfg.pruning_gradually)
+
+    def rate_at(self, epoch: int) -> Optional[float]:
+        """The target fraction for ``prune()`` at ``epoch``; None off the pruning epochs."""
+        if not self.steps.is_step(epoch):
+            return None
+        return self.steps.ratio(epoch) if self.gradual else self.rate

@@ -1,6 +1,6 @@
 """The slice pruner: block L2 regularization and exact slice masks in the hardware's order.
 
-Each selected ``Conv2d`` is cut into slices of ``A`` weights (:mod:`.slice_layout`). Per step,
+Each selected ``Conv2d`` is cut into slices of ``A`` weights (:mod:`.layout`). Per step,
 :meth:`SlicePruner.regularize` returns the reweighted L2 penalty
 ``reg * sum_s ||s|| / (||s||.detach() + eps)`` over the slices that may still be pruned. At the
 end of a scheduled epoch, :meth:`SlicePruner.prune` masks the lowest-norm slices of each layer
@@ -29,13 +29,13 @@ from torch import nn
 from ..util.log import UserLog, emit, is_rank_zero
 from ..util.model import model_device, unwrap_model
 from ..config.models import SliceMode, SliceSparsityArgs
-from ..config.io import PruningConfigError
+from ..config.errors import PruningConfigError
 from ..core.masks import MaskSet, strip_module_prefix
-from ..core.schedule import ChannelSchedule
+from ..core.schedule import SliceSchedule
 from .layout import SliceLayout, conv_block_size, is_depthwise, slice_layout
 from .sparsity import LayerSlices, export_slices, slice_sparsity, sparsity_lines
 
-__all__ = ["SliceSchedule", "SlicePruner", "MASK_LAYER"]
+__all__ = ["SlicePruner", "MASK_LAYER", "resolve_slice_layers"]
 
 logger = logging.getLogger(__name__)
 
@@ -43,38 +43,6 @@ logger = logging.getLogger(__name__)
 MASK_LAYER = "slice"
 _CHANNEL_LAYER = "channel"
 _STATE_VERSION = 1
-
-
-class SliceSchedule:
-    """Which fraction of eligible slices is zero after ``prune()`` at a given epoch.
-
-    Pruning epochs are those of the channel schedule (:class:`.schedule.ChannelSchedule`):
-    ``start, start+every, start+2*every, ...`` while ``<= end``. With ``gradual`` the rate climbs
-    linearly over those epochs and reaches ``rate`` at the last one; without it, it jumps to
-    ``rate`` at ``start`` (later steps only top up slices that became eligible).
-
-    Example:
-        >>> s = SliceSchedule(start=2, end=6, every=2, rate=0.75, gradual=True)
-        >>> [s.rate_at(e) for e in range(8)]
-        [None, None, 0.25, None, 0.5, None, 0.75, None]
-    """
-
-    def __init__(self, start: int, end: int, every: int, rate: float, gradual: bool) -> None:
-        self.rate = rate
-        self.gradual = gradual
-        self.steps = ChannelSchedule(start, end, every, rate)
-
-    @classmethod
-    def from_config(cls, cfg: SliceSparsityArgs) -> "SliceSchedule":
-        """The schedule of a ``slice_sparsity_args`` section."""
-        return cls(cfg.start_epoch, cfg.end_epoch, cfg.epoch_rate, cfg.prune_rate,
-                   cfg.pruning_gradually)
-
-    def rate_at(self, epoch: int) -> Optional[float]:
-        """The target fraction for ``prune()`` at ``epoch``; None off the pruning epochs."""
-        if not self.steps.is_step(epoch):
-            return None
-        return self.steps.ratio(epoch) if self.gradual else self.rate
 
 
 class _PenaltyPlan:
@@ -121,8 +89,18 @@ class _ReweightedSliceNorm(torch.autograd.Function):
         return (None, None, *grads)
 
 
-def _resolve_layers(model: nn.Module, cfg: SliceSparsityArgs) -> Tuple[List[str], bool]:
-    """Names of the Conv2d layers to slice-prune, and whether the user listed them."""
+def resolve_slice_layers(model: nn.Module, cfg: SliceSparsityArgs) -> Tuple[List[str], bool]:
+    """Names of the Conv2d layers to slice-prune, and whether the user listed them.
+
+    The one resolver of ``slice_sparsity_args.layers`` (the pruner and ``validate`` use it).
+    Raises :class:`PruningConfigError` for unknown names (with close matches) and non-Conv2d
+    layers.
+
+    Example:
+        >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())
+        >>> resolve_slice_layers(net, SliceSparsityArgs(start_epoch=0, end_epoch=1, prune_rate=0.5))
+        (['0'], False)
+    """
     named = {strip_module_prefix(n): m for n, m in model.named_modules()}
     if cfg.layers is None:
         return [n for n, m in named.items() if isinstance(m, nn.Conv2d)], False
@@ -161,6 +139,8 @@ class _Layer:
 class SlicePruner:
     """Block L2 slice regularization and masking for the selected Conv2d layers.
 
+    Implements :class:`~torch_pruning.pat.core.pruner.Pruner`.
+
     Args:
         model: the model (may be DDP-wrapped).
         cfg: the validated ``slice_sparsity_args`` section.
@@ -190,7 +170,7 @@ class SlicePruner:
         self._plan_key: Optional[tuple] = None
         self._plans: List[_PenaltyPlan] = []
         self._model = unwrap_model(model)
-        names, listed = _resolve_layers(self._model, cfg)
+        names, listed = resolve_slice_layers(self._model, cfg)
         self._modules: Dict[str, nn.Module] = {}
         self._layers: List[_Layer] = []
         #: Convs left out of the default selection, with the reason (reported and exported).

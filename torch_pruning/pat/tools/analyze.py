@@ -31,16 +31,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from .analyze_plots import plot_analysis
+from ..config.errors import PruningConfigError
+from ..config.io import ConfigSource, LoadedConfig, load_config
+from .analyze_checkpoints import AnalyzeError, Checkpoint, find_checkpoints, load_weights
 from .analyze_norms import GroupNorms, conv_channel_norms
-from .analyze_checkpoints import (CHECKPOINT_SUFFIXES, AnalyzeError, Checkpoint, epoch_of,
-                                  find_checkpoints, load_weights)
-from ..config.io import ConfigSource, LoadedConfig, PruningConfigError, load_config
+from .analyze_plots import plot_analysis
 from .model_factory import ToolError, load_model, make_inputs, parse_input_shape
 
-__all__ = ["AnalyzeError", "Checkpoint", "CHECKPOINT_SUFFIXES", "epoch_of", "find_checkpoints",
-           "load_weights", "conv_channel_norms", "GroupNorms", "RunAnalysis", "analyze_run",
-           "format_table", "plot_analysis", "main", "register"]
+__all__ = ["RunAnalysis", "analyze_run", "format_table", "main", "register"]
 
 logger = logging.getLogger(__name__)
 

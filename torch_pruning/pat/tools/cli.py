@@ -39,9 +39,9 @@ COMMANDS: Dict[str, tuple] = {
                     _config_docs),
 }
 
-from . import analyze as _analyze, inspect as _inspect_model  # noqa: E402
+from . import analyze as _analyze, inspect as _inspect  # noqa: E402
 
-_inspect_model.register(COMMANDS)
+_inspect.register(COMMANDS)
 _analyze.register(COMMANDS)
 
 

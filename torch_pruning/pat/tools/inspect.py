@@ -12,13 +12,10 @@ resolves its layer names against the model and prints what would be pruned. Exit
 0 = something would be pruned, 1 = an enabled pruner would prune nothing (or both are off),
 2 = an error (bad config, unknown layer name, model that cannot be built).
 
-A conv is *prunable* when its dependency group has a consumer layer (see
-:mod:`.model_summary`).
-
-This module holds the two commands; the pieces live in their own modules and are re-exported
-here: :mod:`.model_loading` (``--model``, ``--input-shape``, :class:`ToolError`),
-:mod:`.model_summary` (convs, groups, MACs), :mod:`.starter_config` (``--write-config``) and
-:mod:`.dry_run` (what ``validate`` reports).
+This module holds the two commands; the pieces live in their own modules:
+:mod:`.model_factory` (``--model``, ``--input-shape``, :class:`~.model_factory.ToolError`),
+:mod:`.summary` (layers, groups, MACs), :mod:`.starter_config` (``--write-config``) and
+:mod:`.validate` (what ``validate`` reports).
 """
 
 from __future__ import annotations
@@ -29,17 +26,14 @@ import sys
 from pathlib import Path
 from typing import Dict
 
-from ..config.io import CONFIG_FILENAME, PruningConfigError, load_config
-from .validate import ValidationReport, check_config
+from ..config.io import CONFIG_FILENAME, load_config
+from ..config.errors import PruningConfigError
 from .model_factory import ToolError, format_shape, load_model, make_inputs, parse_input_shape
-from .summary import (ConvGroup, ConvInfo, ModelSummary, conv_dependency_groups, format_summary,
-                      summarize_model)
+from .summary import format_summary, summarize_model
+from .validate import check_config
 from .starter_config import starter_config, write_starter_config
 
-__all__ = ["ToolError", "load_model", "parse_input_shape", "make_inputs", "ConvInfo",
-           "ConvGroup", "ModelSummary", "conv_dependency_groups", "summarize_model",
-           "format_summary", "starter_config", "write_starter_config", "ValidationReport",
-           "check_config", "register"]
+__all__ = ["register"]
 
 logger = logging.getLogger(__name__)
 
@@ -115,8 +109,7 @@ def _run_validate(args: argparse.Namespace) -> int:
                           "channel_sparsity_args.input_shape")
         container = section.container if section is not None else None
         model = load_model(args.model)
-        summary = summarize_model(model, make_inputs(shapes, container))
-        report = check_config(loaded, summary)
+        report = check_config(loaded, model, make_inputs(shapes, container))
     except (ToolError, PruningConfigError) as e:
         return _error(str(e))
     sys.stdout.write(report.text())

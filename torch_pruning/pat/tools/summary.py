@@ -1,12 +1,12 @@
 """What ``inspect`` shows about a model: its Conv2d layers, dependency groups and MACs.
 
-Groups are built with upstream's :class:`~torch_pruning.DependencyGraph`; MACs come from
-``tp.utils.count_ops_and_params`` and the listed numbers add up to its total exactly.
-
-A conv is *prunable* when its output channels can be removed without changing the shape of
-the model's output: its dependency group has at least one consumer layer (a conv or linear
-that loses the same input channels). A group with no consumer feeds the model output
-(e.g. the last conv of a segmentation head) and is never selected.
+Everything comes from the code the channel pruner runs: the graph is traced with
+:func:`~torch_pruning.pat.channel.tracing.build_graph`, MACs are counted with
+:func:`~torch_pruning.pat.core.macs.count_macs` (upstream's ``count_ops_and_params``; the listed
+numbers add up to its total exactly), and a conv is *prunable* exactly when
+:func:`~torch_pruning.pat.channel.grouping.select_groups` selects its group for
+``layers: "all"`` (a group whose channels feed the model output, e.g. the last conv of a
+segmentation head, is not; the reason is shown).
 
 Example:
     >>> net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 1))
@@ -23,6 +23,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from ..channel.grouping import select_groups
+from ..channel.tracing import build_graph
+from ..core.macs import count_macs
 from ..core.masks import strip_module_prefix
 from .model_factory import Inputs, format_shape
 
@@ -95,21 +98,22 @@ def _counted_macs(module: nn.Module, flops: Dict[nn.Module, Any], out: Dict[nn.M
 
 
 def conv_dependency_groups(model: nn.Module, example_inputs: Inputs,
-                           convs: Optional[Sequence[nn.Conv2d]] = None
-                           ) -> List[Tuple[ConvGroup, Any]]:
+                           convs: Optional[Sequence[nn.Conv2d]] = None, *,
+                           graph: Any = None) -> List[Tuple[ConvGroup, Any]]:
     """The dependency groups of the output channels of ``convs`` (default: every Conv2d).
 
     Each group comes once, as ``(ConvGroup, upstream Group with every channel index)``; the
-    upstream group is what ``tp.importance`` scores. Built with upstream's DependencyGraph.
+    upstream group is what ``tp.importance`` scores. ``graph`` is the channel pruner's trace
+    (:func:`~torch_pruning.pat.channel.tracing.build_graph`; traced here when not given).
+    ``ConvGroup.prunable`` here only says the group has a consumer; :func:`summarize_model`
+    asks the pruner's grouping.
     """
-    import torch_pruning as tp
-
     order = {m: i for i, m in enumerate(model.modules())}
     names = {m: strip_module_prefix(n) for n, m in model.named_modules()}
     if convs is None:
         convs = [m for m in order if isinstance(m, nn.Conv2d)]
-    with torch.enable_grad():
-        graph = tp.DependencyGraph().build_dependency(model, example_inputs, verbose=False)
+    if graph is None:
+        graph = build_graph(model, example_inputs)
     covered: set = set()
     out: List[Tuple[ConvGroup, Any]] = []
     for conv in convs:
@@ -148,17 +152,18 @@ def summarize_model(model: nn.Module, example_inputs: Inputs) -> ModelSummary:
         >>> [(c.name, c.group, c.prunable) for c in s.convs]
         [('0', 1, True), ('2', 2, False)]
     """
-    import torch_pruning as tp
     from torch_pruning.utils.op_counter import is_supported_instance
 
     was_training = model.training
     model.eval()
     try:
-        total, params, layer_flops, _ = tp.utils.count_ops_and_params(
-            model, example_inputs, layer_wise=True)
+        total, params, layer_flops, _ = count_macs(model, example_inputs, layer_wise=True)
         names = {m: strip_module_prefix(n) for n, m in model.named_modules()}
         conv_modules = [m for m in names if isinstance(m, nn.Conv2d)]
-        groups = [g for g, _ in conv_dependency_groups(model, example_inputs, conv_modules)]
+        graph = build_graph(model, example_inputs)
+        groups = [g for g, _ in conv_dependency_groups(model, example_inputs, conv_modules,
+                                                       graph=graph)]
+        _mark_prunable(model, graph, groups)
     finally:
         model.train(was_training)
     total_macs = int(round(total))
@@ -195,9 +200,25 @@ def summarize_model(model: nn.Module, example_inputs: Inputs) -> ModelSummary:
                         attention=_attention_modules(names))
 
 
+def _mark_prunable(model: nn.Module, graph: Any, groups: List[ConvGroup]) -> None:
+    """Mark each group prunable exactly when the channel pruner selects it (``layers: "all"``),
+    with the pruner's reason when it does not."""
+    skipped: List[str] = []
+    selected = select_groups(model, graph, "all", quiet=True, skipped=skipped)
+    names = {m: strip_module_prefix(n) for n, m in model.named_modules()}
+    chosen = {names.get(dep.target.module) for g in selected for dep, _ in g.group
+              if graph.is_out_channel_pruning_fn(dep.handler)}
+    reasons = dict(line.split(": ", 1) for line in skipped if ": " in line)
+    for g in groups:
+        g.prunable = any(m in chosen for m in g.members)
+        if not g.prunable:
+            g.reason = next((reasons[m] for m in g.members if m in reasons),
+                            g.reason or "the channel pruner does not select it")
+
+
 def _attention_modules(names: Dict[nn.Module, str]) -> List[Tuple[str, int, str]]:
     """Modules whose heads the channel pruner can remove whole, or could after a split."""
-    from ..attention.heads import head_count_attr
+    from ..core.heads import head_count_attr
 
     found = []
     for m, name in names.items():

@@ -1,31 +1,42 @@
 """What a config would prune on a model: the dry run behind ``validate``.
 
-:func:`check_config` resolves the config's layer names against a :class:`ModelSummary`
-(unknown or non-Conv2d names raise :class:`PruningConfigError` with close matches) and
-lists, per pruner, the groups or layers it would prune. An enabled pruner that would prune
-nothing is reported with the reason, so ``validate`` can exit with 1.
+:func:`check_config` runs the pruners' own code on the model, so a config ``Pruning`` accepts,
+``validate`` accepts, and the reverse: the channel pruner's tracing
+(:func:`~torch_pruning.pat.channel.tracing.build_graph`), layer resolution and grouping
+(:func:`~torch_pruning.pat.channel.grouping.select_groups`), its MAC count
+(:class:`~torch_pruning.pat.core.macs.MacCounter`), and the slice pruner's layer resolution
+(:func:`~torch_pruning.pat.slice.pruner.resolve_slice_layers`). Unknown or unsupported layer
+names raise :class:`PruningConfigError` with the pruner's message. An enabled pruner that would
+prune nothing is reported with the reason, so ``validate`` can exit with 1.
 
 Example:
-    >>> summary = summarize_model(load_model("torchvision.models:resnet18"),
-    ...                           make_inputs([[1, 3, 224, 224]]))      # doctest: +SKIP
-    >>> report = check_config(load_config("runs/demo"), summary)       # doctest: +SKIP
+    >>> model = load_model("torchvision.models:resnet18")              # doctest: +SKIP
+    >>> report = check_config(load_config("runs/demo"), model,
+    ...                       make_inputs([[1, 3, 224, 224]]))          # doctest: +SKIP
     >>> report.would_prune, report.nothing                             # doctest: +SKIP
     (True, [])
 """
 
 from __future__ import annotations
 
-import difflib
 import logging
 import math
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import Any, List, Optional, Tuple
 
+from torch import nn
+
+from ..channel.group import ChannelGroup
+from ..channel.grouping import select_groups
+from ..channel.tracing import build_graph
+from ..config.io import LoadedConfig
 from ..config.models import ChannelSparsityArgs, SliceSparsityArgs
-from ..config.io import LoadedConfig, PruningConfigError
+from ..core.macs import MacCounter
 from ..core.masks import strip_module_prefix
+from ..slice.layout import conv_block_size
+from ..slice.pruner import resolve_slice_layers
+from ..util.log import human_count
 from .model_factory import format_shape
-from .summary import ConvInfo, ModelSummary
 
 __all__ = ["ValidationReport", "check_config"]
 
@@ -49,51 +60,35 @@ class ValidationReport:
         return "\n".join(self.lines) + "\n"
 
 
-def _resolve(names: Sequence[str], summary: ModelSummary, fieldpath: str,
-             source: str) -> List[ConvInfo]:
-    problems, found = [], []
-    conv_names = [c.name for c in summary.convs]
-    for raw in names:
-        name = strip_module_prefix(raw)
-        conv = summary.conv(name)
-        if conv is not None:
-            found.append(conv)
-        elif name in summary.module_types:
-            close = difflib.get_close_matches(name, conv_names, 3, 0.5)
-            problems.append(f"'{raw}' is a {summary.module_types[name]}, not a Conv2d"
-                            + (f" (similar Conv2d names: {', '.join(close)})" if close else
-                               "; only Conv2d layers can be listed"))
-        else:
-            close = difflib.get_close_matches(name, conv_names, n=3, cutoff=0.5)
-            hint = (f"close matches: {', '.join(close)}" if close else
-                    f"run 'python -m torch_pruning.pat inspect' to list the {len(conv_names)} "
-                    "Conv2d layers")
-            problems.append(f"'{raw}' is not a layer of the model; {hint}")
-    if problems:
-        raise PruningConfigError(f"{fieldpath}: " + "; ".join(problems), source=source,
-                                 field=fieldpath)
-    return found
+def _members(g: ChannelGroup, graph: Any, names: dict) -> List[str]:
+    """The layers of ``g`` that lose output channels (its source first, then in model order)."""
+    out = [g.source]
+    for dep, _ in g.group:
+        name = names.get(dep.target.module)
+        if (name and name not in out and isinstance(dep.target.module, (nn.modules.conv._ConvNd,
+                                                                         nn.Linear))
+                and graph.is_out_channel_pruning_fn(dep.handler)):
+            out.append(name)
+    order = {n: i for i, n in enumerate(names.values())}
+    return [out[0]] + sorted(out[1:], key=lambda n: order.get(n, 0))
 
 
-def _channel_plan(cfg: ChannelSparsityArgs, summary: ModelSummary,
+def _channel_plan(cfg: ChannelSparsityArgs, model: nn.Module, inputs: Any,
                   source: str) -> Tuple[List[str], Optional[str]]:
-    convs = (summary.convs if cfg.layers == "all"
-             else _resolve(cfg.layers, summary, "channel_sparsity_args.layers", source))
-    by_index = {g.index: g for g in summary.groups}
-    selected, skipped = [], []
-    for c in convs:
-        g = by_index.get(c.group) if c.group is not None else None
-        if g is None:
-            skipped.append(f"{c.name} (not used in the forward pass)")
-        elif not g.prunable:
-            skipped.append(f"{c.name} (group {g.index}: {g.reason})")
-        elif g not in selected:
-            selected.append(g)
+    graph = build_graph(model, inputs)
+    skipped: List[str] = []
+    selected = select_groups(model, graph, cfg.layers, source=source, quiet=True,
+                             skipped=skipped)
+    names = {m: strip_module_prefix(n) for n, m in model.named_modules()}
     rate = min(cfg.global_prune_rate, cfg.max_pruning_rate)
+    macs = MacCounter(model, inputs).base_macs
     lines = [f"Channel pruning: {len(selected)} group(s) selected, epochs {cfg.start_epoch}-"
              f"{cfg.end_epoch}, global_prune_rate {cfg.global_prune_rate:g}, max_pruning_rate "
              f"{cfg.max_pruning_rate:g}, block_size {cfg.block_size}"
-             + (f", stops early at mac_target {cfg.mac_target:g}" if cfg.mac_target else "")]
+             + (f", stops early at mac_target {cfg.mac_target:g}" if cfg.mac_target else ""),
+             f"  model MACs {human_count(macs)} (counted as the pruner counts them)"
+             + (f"; the target is {human_count(macs * cfg.mac_target)}" if cfg.mac_target
+                else "")]
     total_pruned = 0
     for g in selected:
         n = math.floor(g.channels * rate + 1e-9)
@@ -104,7 +99,9 @@ def _channel_plan(cfg: ChannelSparsityArgs, summary: ModelSummary,
         total_pruned += n
         how = ("ranked globally" if cfg.global_pruning else
                f"about {n} pruned, {g.channels - n} kept at end_epoch")
-        lines.append(f"  Group {g.index} ({g.channels} channels, {how}): {', '.join(g.members)}")
+        heads = f", {g.units} heads of {g.heads.name}" if g.heads else ""
+        lines.append(f"  Group {g.number} ({g.channels} channels{heads}, {how}): "
+                     f"{', '.join(_members(g, graph, names))}")
     for s in skipped:
         lines.append(f"  skipped: {s}")
     if cfg.regularize.reg == 0 and cfg.regularize.mac_reg == 0 and not (
@@ -124,26 +121,26 @@ def _channel_plan(cfg: ChannelSparsityArgs, summary: ModelSummary,
     return lines, None
 
 
-def _slice_plan(cfg: SliceSparsityArgs, summary: ModelSummary,
+def _slice_plan(cfg: SliceSparsityArgs, model: nn.Module, inputs: Any,
                 source: str) -> Tuple[List[str], Optional[str]]:
-    convs = (summary.convs if cfg.layers is None
-             else _resolve(cfg.layers, summary, "slice_sparsity_args.layers", source))
+    named = {strip_module_prefix(n): m for n, m in model.named_modules()}
+    convs, _ = resolve_slice_layers(model, cfg)
     lines = [f"Slice pruning: epochs {cfg.start_epoch}-{cfg.end_epoch}, prune_rate "
              f"{cfg.prune_rate:g}, block_size {cfg.block_size} (depthwise "
              f"{cfg.depthwise_block_size}), mode {cfg.pruning_mode.value}"]
     eligible_total = 0
-    for c in convs:
-        c_out, c_in, kh, kw = c.weight_shape
-        depthwise = c.conv_groups > 1 and c_in == 1
-        a = cfg.depthwise_block_size if depthwise else cfg.block_size
+    for name in convs:
+        conv = named[name]
+        c_out, c_in, kh, kw = conv.weight.shape
+        a = conv_block_size(conv, cfg.block_size, cfg.depthwise_block_size)
         if c_out % a:
-            lines.append(f"  skipped: {c.name} ({c_out} filters is not a multiple of A={a})")
+            lines.append(f"  skipped: {name} ({c_out} filters is not a multiple of A={a})")
             continue
         slices = (c_out // a) * c_in * kh * kw
         eligible = (c_out // a) * c_in * kh * (kw - 1) if cfg.disable_first_index else slices
         eligible_total += eligible
-        lines.append(f"  {c.name} ({format_shape(c.weight_shape)}, A={a}): {slices} slices, "
-                     f"{eligible} eligible, about {int(eligible * cfg.prune_rate)} zeroed")
+        lines.append(f"  {name} ({format_shape(tuple(conv.weight.shape))}, A={a}): {slices} "
+                     f"slices, {eligible} eligible, about {int(eligible * cfg.prune_rate)} zeroed")
     if cfg.pruning_mode.value == "Unprune":
         return lines, None
     if eligible_total == 0:
@@ -153,12 +150,12 @@ def _slice_plan(cfg: SliceSparsityArgs, summary: ModelSummary,
     return lines, None
 
 
-def check_config(loaded: LoadedConfig, summary: ModelSummary) -> ValidationReport:
-    """Dry-run ``loaded`` on the model described by ``summary``.
+def check_config(loaded: LoadedConfig, model: nn.Module, example_inputs: Any) -> ValidationReport:
+    """Dry-run ``loaded`` on ``model`` with the pruners' own layer resolution and grouping.
 
-    Raises :class:`PruningConfigError` for layer names the model does not have (with close
-    matches) or that are not Conv2d. Returns the plan and, per enabled pruner that would
-    prune nothing, the reason.
+    Raises :class:`PruningConfigError` where ``Pruning`` would (an unknown layer name, with
+    close matches; a layer type the pruner cannot take). Returns the plan and, per enabled
+    pruner that would prune nothing, the reason. The model is left unchanged.
     """
     source = str(loaded.path) if loaded.path else "<config>"
     lines, nothing = [f"Config: {source}"], []
@@ -170,7 +167,7 @@ def check_config(loaded: LoadedConfig, summary: ModelSummary) -> ValidationRepor
         if cfg is None:
             lines.append(f"{what} pruning: off")
             continue
-        section_lines, reason = plan(cfg, summary, source)  # type: ignore[operator]
+        section_lines, reason = plan(cfg, model, example_inputs, source)  # type: ignore[operator]
         lines.extend(section_lines)
         if reason:
             nothing.append(reason)

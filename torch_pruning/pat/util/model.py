@@ -1,4 +1,5 @@
-"""Small model helpers shared by the pruners: unwrapping DDP, devices of models and inputs."""
+"""Small model helpers shared by every layer: unwrapping DDP, devices, calling a model on
+example inputs."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["unwrap_model", "model_device", "to_device"]
+__all__ = ["unwrap_model", "model_device", "to_device", "call_model"]
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -46,3 +47,17 @@ def to_device(inputs: Any, device: torch.device) -> Any:
     if isinstance(inputs, (list, tuple)):
         return type(inputs)(to_device(v, device) for v in inputs)
     return inputs
+
+
+def call_model(model: nn.Module, inputs: Any) -> Any:
+    """Run ``model`` on example inputs: a tensor, a list/tuple of tensors, or a dict.
+
+    Used as the tracing ``forward_fn`` when the user gives none. Upstream's default calls
+    ``model(*inputs)`` first and falls back on any error, which unpacks a single batch-1 tensor
+    into an *unbatched* sample (see ``tests/test_channel_pruner.py::test_upstream_unpacks``).
+    """
+    if isinstance(inputs, dict):
+        return model(**inputs)
+    if isinstance(inputs, (list, tuple)):
+        return model(*inputs)
+    return model(inputs)
