@@ -30,9 +30,9 @@ from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
 from torch.nn.parameter import is_lazy
 
+from ..core.heads import head_count_plans
 from ..util.log import emit
 from ..util.model import unwrap_model
-from ..core.heads import head_count_plans
 from .rebuild import RebuildPlan, Shape, UnrebuildableError, apply_plans, find_rule, module_shapes
 
 __all__ = ["CheckpointError", "load_state_dict_pruned"]

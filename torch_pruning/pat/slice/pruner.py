@@ -26,12 +26,12 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 import torch
 from torch import nn
 
-from ..util.log import UserLog, emit, is_rank_zero
-from ..util.model import model_device, unwrap_model
-from ..config.models import SliceMode, SliceSparsityArgs
 from ..config.errors import PruningConfigError
+from ..config.models import SliceMode, SliceSparsityArgs
 from ..core.masks import MaskSet, strip_module_prefix
 from ..core.schedule import SliceSchedule
+from ..util.log import UserLog, emit, is_rank_zero
+from ..util.model import model_device, unwrap_model
 from .layout import SliceLayout, conv_block_size, is_depthwise, slice_layout
 from .sparsity import LayerSlices, export_slices, slice_sparsity, sparsity_lines
 

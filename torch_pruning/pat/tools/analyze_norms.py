@@ -26,8 +26,8 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from .analyze_checkpoints import AnalyzeError
 from ..core.masks import strip_module_prefix
+from .analyze_checkpoints import AnalyzeError
 from .summary import conv_dependency_groups
 
 __all__ = ["conv_channel_norms", "GroupNorms"]

@@ -26,12 +26,12 @@ import sys
 from pathlib import Path
 from typing import Dict
 
-from ..config.io import CONFIG_FILENAME, load_config
 from ..config.errors import PruningConfigError
+from ..config.io import CONFIG_FILENAME, load_config
 from .model_factory import ToolError, format_shape, load_model, make_inputs, parse_input_shape
+from .starter_config import starter_config, write_starter_config
 from .summary import format_summary, summarize_model
 from .validate import check_config
-from .starter_config import starter_config, write_starter_config
 
 __all__ = ["register"]
 

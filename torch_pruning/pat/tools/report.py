@@ -34,10 +34,10 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
+from ..core.masks import MaskSet, strip_module_prefix
+from ..util.io import atomic_write_bytes, atomic_write_text
 from ..util.log import emit, human_count, is_rank_zero
 from ..util.model import unwrap_model
-from ..util.io import atomic_write_bytes, atomic_write_text
-from ..core.masks import MaskSet, strip_module_prefix
 
 __all__ = ["LayerStats", "layer_stats", "PruningReport", "save_figure", "REPORT_TEXT", "REPORT_PNG"]
 

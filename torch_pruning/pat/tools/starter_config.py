@@ -17,9 +17,9 @@ import logging
 from pathlib import Path
 from typing import Any, Dict, Sequence, Union
 
-from ..util.io import atomic_write_text
-from ..config.models import ChannelSparsityArgs, PruningConfig, SliceSparsityArgs
 from ..config.io import CONFIG_FILENAME, validate_config
+from ..config.models import ChannelSparsityArgs, PruningConfig, SliceSparsityArgs
+from ..util.io import atomic_write_text
 from .model_factory import Shape, ToolError
 from .summary import ModelSummary
 
