@@ -1,14 +1,26 @@
-"""Shared fixtures: headless plotting, a writer for config folders, quiet hypothesis."""
+"""The test suite's one setup: import paths, headless plotting, quiet hypothesis, and a writer
+for config folders.
+
+Paths: the checkout comes first (``pythonpath = ["."]`` in pyproject.toml, so its
+``torch_pruning`` overlay is imported), then ``tests/`` itself, so every test, in any folder,
+imports the test models as ``from models import SmallCNN`` / ``from models.transformer import
+...``. A test that starts a Python subprocess passes ``sys.path`` on (``PYTHONPATH``).
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any, Callable, Dict
 
 import pytest
 import torch
+
+TESTS = str(Path(__file__).resolve().parent)
+if TESTS not in sys.path:
+    sys.path.insert(0, TESTS)
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 # Test models are small: one thread is fastest and immune to a busy 2-core machine

@@ -15,7 +15,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from models_transformer import (HandwrittenAttention, HeadsAttention, HeadsTransformer,
+from models.transformer import (HandwrittenAttention, HeadsAttention, HeadsTransformer,
                                 eval_outputs, one_epoch_config)
 from torch import nn
 

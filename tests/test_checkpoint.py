@@ -24,7 +24,8 @@ from torch_pruning.pat.checkpoint.loading import CheckpointError
 from torch_pruning.pat.checkpoint.optimizer import optimizer_state_matches
 from torch_pruning.pat.checkpoint.rebuild import RebuildPlan, register_rebuild_rule
 
-from models_checkpoint import (REBUILDABLE, AttentionNet, Conv1dNet, Conv3dNet, ConvTransposeNet,
+from models import ChannelScale
+from models.checkpoint import (REBUILDABLE, AttentionNet, Conv1dNet, Conv3dNet, ConvTransposeNet,
                                CrossAttentionNet, EmbeddingNet, GroupedConvNet, LayerNormMLP,
                                RecurrentNet, ScaleTokenNet, TiedEmbeddingLM, TransformerNet,
                                randomize)
@@ -159,21 +160,9 @@ def test_embedding_vocabulary_can_shrink() -> None:
     assert_same_model(loaded, saved, torch.tensor([[0, 3, 11]]))
 
 
-class ChannelScale(nn.Module):
-    """A custom layer keeping its size in a plain int attribute."""
-
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.channels = channels
-        self.scale = nn.Parameter(torch.rand(channels) + 0.5)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.scale.view(1, self.channels, 1)
-
-
 def test_registered_rule_rebuilds_a_custom_layer() -> None:
     register_rebuild_rule(ChannelScale, lambda module, found, hints: RebuildPlan(
-        {"scale": found["scale"]}, {"channels": found["scale"][0]}))
+        {"alpha": found["alpha"]}, {"channels": found["alpha"][1]}))
     saved = nn.Sequential(nn.Conv1d(2, 3, 1), ChannelScale(3))
     loaded, _, _ = load_state_dict_pruned(nn.Sequential(nn.Conv1d(2, 6, 1), ChannelScale(6)),
                                           saved.state_dict())

@@ -17,7 +17,7 @@ from torch import nn
 import torch_pruning as tp
 from torch_pruning.pat.checkpoint import loading as checkpoint
 
-from models_checkpoint import randomize
+from models.checkpoint import randomize
 
 torchvision = pytest.importorskip("torchvision")
 

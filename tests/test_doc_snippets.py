@@ -85,7 +85,7 @@ def run_blocks(blocks: List[Block], ns: Dict[str, Any],
 
 # ---------------------------------------------------------------------------- the harness
 def make_model() -> nn.Module:
-    """The snippets' model (tests/models.py SmallCNN: 16-32-32 channels, 3x16x16 inputs),
+    """The snippets' model (tests/models/__init__.py SmallCNN: 16-32-32 channels, 3x16x16 inputs),
     always with the same initial weights."""
     with torch.random.fork_rng():
         torch.manual_seed(0)

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 import torch_pruning as tp
+from models import TwoInputNet
 from torch_pruning.pat.config.models import ChannelSparsityArgs
 from torch_pruning.pat.config.errors import PruningConfigError
 from torch_pruning.pat.facade import make_example_inputs, normalize_forward_fn
@@ -111,31 +112,17 @@ def test_broken_config_is_never_silently_disabled(write_config) -> None:
         tp.Pruning(_net(), folder)
 
 
-class TwoInputs(nn.Module):
-    """Adds a conv of each input; returns a dict like a detector."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.a, self.b = nn.Conv2d(3, 4, 1), nn.Conv2d(3, 4, 1)
-
-    def forward(self, x, y):
-        return {"logits": self.a(x) + self.b(y), "aux": x.mean()}
-
-    def run(self, x, y):
-        return self.forward(x, y)["logits"]
-
-
 def test_seed_forward_fn_is_a_bound_method_of_any_arity() -> None:
-    model = TwoInputs()
-    x, y = torch.randn(1, 3, 4, 4), torch.randn(1, 3, 4, 4)
-    fn = normalize_forward_fn(model.run, model)
-    assert torch.equal(fn(model, (x, y)), model.run(x, y))
+    model = TwoInputNet().eval()
+    x, y = torch.randn(1, 3, 8, 8), torch.randn(1, 1, 8, 8)
+    fn = normalize_forward_fn(model.logits, model)
+    assert torch.equal(fn(model, (x, y)), model.logits(x, y))
     fn = normalize_forward_fn(model.forward, model)
     assert torch.equal(fn(model, [x, y])["logits"], model(x, y)["logits"])
 
 
 def test_upstream_forward_fn_form_is_passed_through() -> None:
-    model = TwoInputs()
+    model = TwoInputNet()
 
     def pick_logits(m, inputs):
         return m(*inputs)["logits"]

@@ -285,7 +285,7 @@ def test_inspect_lists_attention_modules_and_how_their_heads_are_pruned(capsys) 
                       r"nn\.MultiheadAttention: call torch_pruning\.pat\."
                       r"split_multihead_attention\(model\) first$", out, re.MULTILINE)
     assert len(rows) == 12
-    from models_transformer import HeadsTransformer
+    from models.transformer import HeadsTransformer
     from torch_pruning.pat.tools.summary import format_summary, summarize_model
     text = format_summary(summarize_model(HeadsTransformer(), torch.randn(1, 6, 12)))
     assert "  blocks.0.attn: 4 heads, HeadsAttention (num_heads): list it in layers" in text

@@ -18,7 +18,7 @@ from torch_pruning.pat.slice.layout import conv_block_size, slice_layout
 from torch_pruning.pat.slice.pruner import SlicePruner
 from torch_pruning.pat.core.schedule import SliceSchedule
 
-from models_slice import SLICE_LAYERS, ChainNet, MixedConvNet, mask_channels
+from models.slice import SLICE_LAYERS, ChainNet, MixedConvNet, mask_channels
 
 A, A_DW = 4, 2
 

@@ -10,7 +10,7 @@ from typing import Any, Dict
 import pytest
 import torch
 import torchvision
-from models_transformer import MLP_LAYERS, TinyTransformer, eval_outputs, one_epoch_config
+from models.transformer import MLP_LAYERS, TinyTransformer, eval_outputs, one_epoch_config
 from torch import nn
 
 import torch_pruning as tp

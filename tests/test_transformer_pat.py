@@ -17,7 +17,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 import torchvision
-from models_transformer import (ATTENTION_LAYERS, MLP_LAYERS, HandwrittenAttention,
+from models.transformer import (ATTENTION_LAYERS, MLP_LAYERS, HandwrittenAttention,
                                 TinyTransformer, eval_outputs, one_epoch_config,
                                 vit_mlp_layers)
 from torch import nn

@@ -10,7 +10,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from models_unet import UNET_LAYERS, TinyUNet
+from models.unet import UNET_LAYERS, TinyUNet
 from torch import nn
 
 import torch_pruning as tp

@@ -1,7 +1,10 @@
 """Tiny test models, one coupling pattern each (inputs: ``(N, 3, H, W)``, H and W >= 8).
 
-Each model is small enough to trace, train and count in milliseconds on a CPU; torchvision's
-ResNet and MobileNet cover real architectures in the tests that need breadth.
+The one home of the test models: this module holds the CNNs and the user-layer building block
+``ChannelScale``; ``models.checkpoint`` (layer types for checkpoint rebuilds), ``models.slice``,
+``models.transformer`` and ``models.unet`` hold the rest. Each model is small enough to trace,
+train and count in milliseconds on a CPU; torchvision's ResNet and MobileNet cover real
+architectures in the tests that need breadth.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import torch
 from torch import nn
 
 __all__ = ["SmallCNN", "ResidualCNN", "ConcatCNN", "DepthwiseCNN", "GroupedCNN",
-           "TwinBranchCNN", "TwoInputNet", "DecoderCNN", "MODELS"]
+           "TwinBranchCNN", "TwoInputNet", "DecoderCNN", "ChannelScale", "MODELS"]
 
 
 def _cbr(cin: int, cout: int, k: int = 3, stride: int = 1, groups: int = 1) -> nn.Sequential:
@@ -151,6 +154,23 @@ class TwoInputNet(nn.Module):
     def forward(self, image: torch.Tensor, depth: torch.Tensor) -> Dict[str, torch.Tensor]:
         features = self.body(self.stem_a(image) + self.stem_b(depth))
         return {"logits": self.head(features.mean((2, 3))), "features": features.detach()}
+
+    def logits(self, image: torch.Tensor, depth: torch.Tensor) -> torch.Tensor:
+        """The seed's ``forward_fn`` form: a bound method taking the inputs."""
+        return self.forward(image, depth)["logits"]
+
+
+class ChannelScale(nn.Module):
+    """A user layer no upstream pruner knows: a learnable scale per channel (``alpha``, shaped
+    ``(1, C, 1, 1)``) and its size in a plain int attribute, for inputs ``(N, C, ...)``."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.channels = channels
+        self.alpha = nn.Parameter(torch.rand(1, channels, 1, 1) + 0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.alpha.view(1, self.channels, *([1] * (x.dim() - 2)))
 
 
 class DecoderCNN(nn.Module):

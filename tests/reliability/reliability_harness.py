@@ -9,7 +9,7 @@ interrupted run with an uninterrupted one. Everything random is drawn from gener
 
 As a script (used by the SIGKILL test)::
 
-    python reliability_harness.py RUN_DIR [--resume] [--kill-at EPOCH]
+    PYTHONPATH=.:tests python tests/reliability/reliability_harness.py RUN_DIR [--resume] [--kill-at EPOCH]
 
 runs in ``RUN_DIR`` (holding ``pruning_config.json``); ``--kill-at`` sends SIGKILL to itself
 right after ``prune()`` of that epoch — after the config file was written, before the epoch's
@@ -29,13 +29,8 @@ from typing import Any, Dict, List, Optional
 import torch
 from torch import nn
 
-_HERE = Path(__file__).resolve().parent
-for _p in (str(_HERE.parents[1]), str(_HERE.parent)):  # the checkout and tests/ (models.py)
-    if _p not in sys.path:
-        sys.path.insert(0, _p)
-
-import torch_pruning as tp  # noqa: E402
-from models import SmallCNN  # noqa: E402
+import torch_pruning as tp
+from models import SmallCNN
 
 INPUT = (1, 3, 16, 16)
 EPOCHS = 8

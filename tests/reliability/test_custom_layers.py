@@ -17,19 +17,9 @@ import torch
 from torch import nn
 
 import torch_pruning as tp
+from models import ChannelScale
 
 X = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
-
-
-class ChannelScale(nn.Module):
-    """A user layer: a learnable scale per channel, a parameter no upstream pruner knows."""
-
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.alpha = nn.Parameter(torch.rand(1, channels, 1, 1) + 0.5)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.alpha
 
 
 class CustomNet(nn.Module):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import shutil
 import signal
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -113,8 +114,10 @@ def test_written_later_config_is_reported_and_pruning_continues(
 
 
 def _run_harness(run: Path, *args: str) -> subprocess.CompletedProcess:
+    # the child imports what this process does (tests/conftest.py sets the paths)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
     return subprocess.run([sys.executable, str(HARNESS), str(run), *args], capture_output=True,
-                          text=True, timeout=240)
+                          text=True, timeout=240, env=env)
 
 
 @pytest.mark.timeout(300)
