@@ -332,12 +332,12 @@ class SlicePruner:
 
         Returns ``{"layers": {name: {"zero", "total", "eligible", "fraction", "block_size"}},
         "overall": {"zero", "total", "eligible", "fraction"}, "skipped": {name: reason}}``;
-        ``fraction = zero / eligible`` (see :mod:`.slice_report` for the counting rules).
+        ``fraction = zero / eligible`` (see :mod:`.sparsity` for the counting rules).
         """
         return slice_sparsity(self._records())
 
     def export(self, path: Union[str, "os.PathLike[str]"]) -> None:
-        """Write every layer's slice layout and masks as JSON (format: :mod:`.slice_report`).
+        """Write every layer's slice layout and masks as JSON (format: :mod:`.sparsity`).
 
         Only rank 0 writes under ``torch.distributed``.
         """

@@ -6,7 +6,7 @@ channels below a threshold per checkpoint, suggests the first epoch where that f
 the target rate, and draws one picture of the norm histograms across epochs.
 
 A channel norm is the L2 norm of a conv output filter (without ``--model``) or of a channel of a
-dependency group of ``--model`` over every parameter coupled to it; :mod:`.channel_norms`
+dependency group of ``--model`` over every parameter coupled to it; :mod:`.analyze_norms`
 defines both.
 
 The default threshold is 10% of the median channel norm of the earliest checkpoint; the target
@@ -14,8 +14,8 @@ rate is ``--rate`` or the config's ``channel_sparsity_args.global_prune_rate``. 
 epoch is the first checkpoint whose fraction of channels below the threshold is >= the rate.
 
 This module holds the analysis and the command; the pieces live in their own modules and are
-re-exported here: :mod:`.checkpoints_scan` (finding and reading checkpoints),
-:mod:`.channel_norms` (the norms) and :mod:`.analyze_plot` (the picture).
+re-exported here: :mod:`.analyze_checkpoints` (finding and reading checkpoints),
+:mod:`.analyze_norms` (the norms) and :mod:`.analyze_plots` (the picture).
 """
 
 from __future__ import annotations
