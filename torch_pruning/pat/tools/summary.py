@@ -50,7 +50,8 @@ class ConvInfo:
 
 @dataclass
 class ConvGroup:
-    """Conv2d layers whose output channels the dependency graph prunes together.
+    """Conv2d layers whose output channels the channel pruner prunes together (one of its
+    groups, same number), or one conv it skips (``prunable`` False, ``reason`` says why).
 
     ``members`` lose output channels, ``consumers`` (conv/linear) lose the same input channels.
     """
@@ -100,13 +101,13 @@ def _counted_macs(module: nn.Module, flops: Dict[nn.Module, Any], out: Dict[nn.M
 def conv_dependency_groups(model: nn.Module, example_inputs: Inputs,
                            convs: Optional[Sequence[nn.Conv2d]] = None, *,
                            graph: Any = None) -> List[Tuple[ConvGroup, Any]]:
-    """The dependency groups of the output channels of ``convs`` (default: every Conv2d).
+    """The channel pruner's groups of ``convs`` (default: every Conv2d, as ``layers: "all"``).
 
-    Each group comes once, as ``(ConvGroup, upstream Group with every channel index)``; the
-    upstream group is what ``tp.importance`` scores. ``graph`` is the channel pruner's trace
-    (:func:`~torch_pruning.pat.channel.tracing.build_graph`; traced here when not given).
-    ``ConvGroup.prunable`` here only says the group has a consumer; :func:`summarize_model`
-    asks the pruner's grouping.
+    Built by :func:`~torch_pruning.pat.channel.grouping.select_groups` on the pruner's trace
+    (``graph``, from :func:`~torch_pruning.pat.channel.tracing.build_graph`; traced here when
+    not given) and numbered as the pruner numbers them, each as ``(ConvGroup, upstream Group)``
+    (the upstream group is what ``tp.importance`` scores). A conv the pruner skips follows as a
+    group of its own, not prunable, with the pruner's reason and no upstream group (None).
     """
     order = {m: i for i, m in enumerate(model.modules())}
     names = {m: strip_module_prefix(n) for n, m in model.named_modules()}
@@ -114,32 +115,36 @@ def conv_dependency_groups(model: nn.Module, example_inputs: Inputs,
         convs = [m for m in order if isinstance(m, nn.Conv2d)]
     if graph is None:
         graph = build_graph(model, example_inputs)
-    covered: set = set()
+    skipped: List[str] = []
+    selected = select_groups(model, graph, [names[c] for c in convs], quiet=True,
+                             skipped=skipped)
     out: List[Tuple[ConvGroup, Any]] = []
-    for conv in convs:
-        if conv in covered or conv not in graph.module2node:
-            continue
-        pruner = graph.get_pruner_of_module(conv)
-        group = graph.get_pruning_group(conv, pruner.prune_out_channels,
-                                        list(range(conv.out_channels)))
-        members, consumers = [], []
-        for dep, _ in group:
+    covered: set = set()
+    for g in selected:
+        members, consumers = {g.root}, set()
+        for dep, _ in g.group:
             target = dep.target.module
             if not isinstance(target, nn.Module) or target not in names:
                 continue
             if isinstance(target, nn.Conv2d) and graph.is_out_channel_pruning_fn(dep.handler):
-                members.append(target)
+                members.add(target)
             elif (isinstance(target, (nn.modules.conv._ConvNd, nn.Linear))
                   and graph.is_in_channel_pruning_fn(dep.handler)):
-                consumers.append(target)
-        members = sorted(set(members) | {conv}, key=order.__getitem__)
-        consumers = sorted(set(consumers) - set(members), key=order.__getitem__)
-        covered.update(members)
-        out.append((ConvGroup(index=len(out) + 1, channels=conv.out_channels,
-                              members=[names[m] for m in members],
-                              consumers=[names[m] for m in consumers], prunable=bool(consumers),
-                              reason="" if consumers else "its channels reach the model output"),
-                    group))
+                consumers.add(target)
+        covered |= members
+        out.append((ConvGroup(index=g.number, channels=g.channels,
+                              members=[names[m] for m in sorted(members, key=order.__getitem__)],
+                              consumers=[names[m] for m in sorted(consumers - members,
+                                                                  key=order.__getitem__)],
+                              prunable=True), g.group))
+    reasons = dict(line.split(": ", 1) for line in skipped if ": " in line)
+    for conv in convs:
+        if conv not in covered:
+            out.append((ConvGroup(index=len(out) + 1, channels=conv.out_channels,
+                                  members=[names[conv]], consumers=[], prunable=False,
+                                  reason=reasons.get(names[conv],
+                                                     "the channel pruner does not select it")),
+                        None))
     return out
 
 
@@ -160,10 +165,7 @@ def summarize_model(model: nn.Module, example_inputs: Inputs) -> ModelSummary:
         total, params, layer_flops, _ = count_macs(model, example_inputs, layer_wise=True)
         names = {m: strip_module_prefix(n) for n, m in model.named_modules()}
         conv_modules = [m for m in names if isinstance(m, nn.Conv2d)]
-        graph = build_graph(model, example_inputs)
-        groups = [g for g, _ in conv_dependency_groups(model, example_inputs, conv_modules,
-                                                       graph=graph)]
-        _mark_prunable(model, graph, groups)
+        groups = [g for g, _ in conv_dependency_groups(model, example_inputs, conv_modules)]
     finally:
         model.train(was_training)
     total_macs = int(round(total))
@@ -198,22 +200,6 @@ def summarize_model(model: nn.Module, example_inputs: Inputs) -> ModelSummary:
                         total_macs=total_macs, total_params=int(params),
                         module_types={n: type(m).__name__ for m, n in names.items() if n},
                         attention=_attention_modules(names))
-
-
-def _mark_prunable(model: nn.Module, graph: Any, groups: List[ConvGroup]) -> None:
-    """Mark each group prunable exactly when the channel pruner selects it (``layers: "all"``),
-    with the pruner's reason when it does not."""
-    skipped: List[str] = []
-    selected = select_groups(model, graph, "all", quiet=True, skipped=skipped)
-    names = {m: strip_module_prefix(n) for n, m in model.named_modules()}
-    chosen = {names.get(dep.target.module) for g in selected for dep, _ in g.group
-              if graph.is_out_channel_pruning_fn(dep.handler)}
-    reasons = dict(line.split(": ", 1) for line in skipped if ": " in line)
-    for g in groups:
-        g.prunable = any(m in chosen for m in g.members)
-        if not g.prunable:
-            g.reason = next((reasons[m] for m in g.members if m in reasons),
-                            g.reason or "the channel pruner does not select it")
 
 
 def _attention_modules(names: Dict[nn.Module, str]) -> List[Tuple[str, int, str]]:
