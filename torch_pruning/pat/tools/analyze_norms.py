@@ -26,6 +26,7 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Union
 import torch
 from torch import nn
 
+from ..channel.grouping import resolve_layers
 from ..core.masks import strip_module_prefix
 from .analyze_checkpoints import AnalyzeError
 from .summary import conv_dependency_groups
@@ -63,7 +64,8 @@ def conv_channel_norms(weights: Mapping[str, torch.Tensor],
 
 
 class GroupNorms:
-    """Group L2 norms of the selected convs' output channels, using the model's dependency graph.
+    """Group L2 norms of the output channels of the channel pruner's groups of ``layers``
+    (resolved and grouped by the pruner's own code: a config ``Pruning`` accepts, analyze reads).
 
     Example:
         >>> net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Conv2d(4, 2, 1))
@@ -77,24 +79,8 @@ class GroupNorms:
         import torch_pruning as tp
 
         self.model = model.eval()
-        by_name = {strip_module_prefix(n): m for n, m in model.named_modules()}
-        if layers == "all":
-            convs = None
-        else:
-            convs, bad = [], []
-            for n in layers:
-                m = by_name.get(strip_module_prefix(n))
-                if isinstance(m, nn.Conv2d):
-                    convs.append(m)
-                else:
-                    close = difflib.get_close_matches(
-                        strip_module_prefix(n),
-                        [k for k, v in by_name.items() if isinstance(v, nn.Conv2d)], n=3)
-                    what = f"a {type(m).__name__}" if m is not None else "not in the model"
-                    bad.append(f"'{n}' is {what}" + (f" (Conv2d layers: {', '.join(close)})"
-                                                     if close else ""))
-            if bad:
-                raise AnalyzeError("channel_sparsity_args.layers: " + "; ".join(bad))
+        # the channel pruner's resolver: the same names are accepted, the same errors raised
+        convs = None if layers == "all" else [m for _, m in resolve_layers(model, layers)]
         self.groups = [(g, group) for g, group in conv_dependency_groups(model, example_inputs, convs)
                        if g.prunable]
         if not self.groups:

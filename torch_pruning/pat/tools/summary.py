@@ -99,7 +99,7 @@ def _counted_macs(module: nn.Module, flops: Dict[nn.Module, Any], out: Dict[nn.M
 
 
 def conv_dependency_groups(model: nn.Module, example_inputs: Inputs,
-                           convs: Optional[Sequence[nn.Conv2d]] = None, *,
+                           convs: Optional[Sequence[nn.Module]] = None, *,
                            graph: Any = None) -> List[Tuple[ConvGroup, Any]]:
     """The channel pruner's groups of ``convs`` (default: every Conv2d, as ``layers: "all"``).
 
@@ -140,7 +140,8 @@ def conv_dependency_groups(model: nn.Module, example_inputs: Inputs,
     reasons = dict(line.split(": ", 1) for line in skipped if ": " in line)
     for conv in convs:
         if conv not in covered:
-            out.append((ConvGroup(index=len(out) + 1, channels=conv.out_channels,
+            channels = getattr(conv, "out_channels", None) or getattr(conv, "out_features", 0)
+            out.append((ConvGroup(index=len(out) + 1, channels=channels,
                                   members=[names[conv]], consumers=[], prunable=False,
                                   reason=reasons.get(names[conv],
                                                      "the channel pruner does not select it")),
