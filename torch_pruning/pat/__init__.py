@@ -8,6 +8,10 @@ Public API (also reachable as ``torch_pruning.<name>`` and ``torch_pruning.utils
 
 This package imports nothing heavy at import time: names are resolved on first use, so the
 overlay can locate upstream through :mod:`torch_pruning.pat._upstream` first.
+
+The code lives in concept folders with one-way imports (docs/architecture.md): ``util`` <-
+``config`` <- ``core`` <- ``attention`` <- ``channel`` / ``slice`` <- ``tools`` <- ``facade``;
+``checkpoint`` needs only ``util``, ``config.errors`` and ``core.heads``.
 """
 
 from __future__ import annotations

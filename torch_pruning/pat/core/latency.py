@@ -17,7 +17,7 @@ count are unchanged.
 Example:
     >>> table = LatencyTable.measure(net, torch.randn(1, 3, 32, 32))  # doctest: +SKIP
     >>> cost = LatencyCost(MacCounter(net, x), table.per_mac(net))  # doctest: +SKIP
-    >>> cost.base_macs  # estimated milliseconds of the whole model  # doctest: +SKIP
+    >>> cost.base_cost  # estimated milliseconds of the whole model  # doctest: +SKIP
     0.41
 """
 
@@ -264,11 +264,6 @@ class LatencyCost:
         self.counter = counter
         self.per_mac = per_mac
         self.base_cost = self._price(counter.layer_macs)
-
-    @property
-    def base_macs(self) -> float:
-        """Deprecated name of :attr:`base_cost` (estimated milliseconds, not MACs)."""
-        return self.base_cost
 
     def _price(self, layer_macs: Dict[nn.Module, float]) -> float:
         return float(sum(rate * layer_macs.get(m, 0.0) for m, rate in self.per_mac.items()))
