@@ -102,6 +102,8 @@ class ChannelPruner(ChannelPrunerState):
         self._pruned: _Plan = {}
         self._ratio = 0.0
         self._last_epoch: Optional[int] = None
+        self._next_epoch = 0  # the epoch the next training step belongs to
+        self._focus_epoch: Optional[int] = None  # the epoch the regularizer was focused for
         self._removed = False
         self._base: Optional[Tuple[float, int]] = None
         self._source = str(self.config_path) if self.config_path else "<config>"
@@ -170,12 +172,27 @@ class ChannelPruner(ChannelPrunerState):
         """
         if self.reached_target or self.regularizer is None:
             return
+        if self._focus_epoch != self._next_epoch:
+            self._refocus()
         self.regularizer.apply(self._pruned)
+
+    def _refocus(self) -> None:
+        """Point the regularizer at this epoch's channels and strength (``regularize.target``
+        and ``regularize.growth``); computed from the weights at the epoch's start."""
+        reg, epoch = self.cfg.regularize, self._next_epoch
+        self._focus_epoch = epoch
+        scale = 1.0
+        if reg.growth == "linear":
+            scale = min(1.0, (epoch + 1) / (self.cfg.start_epoch + 1))
+        focus = self._select(self.schedule.final_ratio)[0] if reg.target == "pruned" else None
+        if focus is not None or scale != self.regularizer.scale:
+            self.regularizer.focus_on(focus, scale)
 
     # ------------------------------------------------------------------ per epoch
     def prune(self, model: nn.Module, epoch: int, log: Optional[UserLog] = None) -> None:
         """Epoch-end step: mask more channels on schedule, finish at the target."""
         log = log if log is not None else self.log
+        self._next_epoch = epoch + 1
         if self.regularizer is not None:  # rank afresh each epoch: resumable bit for bit
             self.regularizer.restart()
         if self.reached_target:

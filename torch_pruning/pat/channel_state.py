@@ -30,7 +30,7 @@ class ChannelPrunerState:
         """Pruned channels per group, schedule progress and the reached flag."""
         return {"version": 1, "reached": self.reached_target, "removed": self._removed,
                 "summary": self._summary, "ratio": self._ratio, "last_epoch": self._last_epoch,
-                "base": self._base,
+                "next_epoch": self._next_epoch, "base": self._base,
                 "pruned_units": {g.source: self._pruned[g.number].nonzero().flatten().clone()
                                  for g in self.groups}}
 
@@ -56,6 +56,7 @@ class ChannelPrunerState:
         self._summary = state.get("summary", self._summary)
         self._base = state.get("base") or self._base
         self._ratio, self._last_epoch = state.get("ratio", 0.0), state.get("last_epoch")
+        self._next_epoch, self._focus_epoch = state.get("next_epoch", 0), None
         self.reached_target, self._removed = reached, removed
         if removed:  # the model is loaded in its final shapes: nothing left to mask
             self.groups, self._pruned, self.regularizer = [], {}, None

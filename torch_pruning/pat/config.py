@@ -62,6 +62,15 @@ class RegularizeArgs(_Section):
     gamma: float = Field(1.0, ge=1.0, allow_inf_nan=False,
                          description="Within a group, the least important channel gets gamma "
                                      "times the strength of the most important (1 = uniform).")
+    target: Literal["all", "pruned"] = Field(
+        "all", description="Which channels are pushed: \"all\" selected channels, or only "
+                           "\"pruned\": those the schedule would prune at the MAC target, "
+                           "ranked afresh at every epoch end (the others train freely, so the "
+                           "norms separate before masking starts).")
+    growth: Literal["constant", "linear"] = Field(
+        "constant", description="\"linear\": the strength grows from 0 to reg (and mac_reg) "
+                                "over the epochs up to start_epoch, then stays; \"constant\": "
+                                "full strength from the first step.")
 
 
 class MACParams(_Section):
