@@ -279,27 +279,6 @@ def thin_scale(arch: str, budget: float) -> float:
     return best[1]
 
 
-class Distillation:
-    """Opt-in knowledge distillation for the bench's loop: a frozen snapshot of the dense
-    model teaches the pruned one (KL at temperature ``t``, weight ``alpha``)."""
-
-    def __init__(self, alpha: float = 0.7, t: float = 4.0) -> None:
-        self.alpha, self.t, self.teacher = alpha, t, None
-
-    def snapshot(self, model: nn.Module) -> None:
-        self.teacher = copy.deepcopy(model).eval()
-        for p in self.teacher.parameters():
-            p.requires_grad_(False)
-
-    def __call__(self, x: torch.Tensor, out: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
-        if self.teacher is None:
-            return loss
-        with torch.no_grad():
-            soft = F.softmax(self.teacher(x) / self.t, 1)
-        kd = F.kl_div(F.log_softmax(out / self.t, 1), soft, reduction="batchmean") * self.t ** 2
-        return (1 - self.alpha) * loss + self.alpha * kd
-
-
 def run_method(method: str, arch: str, budget: float, seed: int, epochs: int,
                data: Tuple[torch.Tensor, ...], override: Dict[str, Any]) -> Dict[str, Any]:
     torch.manual_seed(seed)
@@ -346,16 +325,14 @@ def run_method(method: str, arch: str, budget: float, seed: int, epochs: int,
     with tempfile.TemporaryDirectory() as out:
         (Path(out) / "pruning_config.json").write_text(json.dumps(cfg))
         pruner = tp.Pruning(model, out, example_inputs=example, log=None)
-        kd = Distillation(**override.get("kd", {})) if method == "pat_kd" else None
-        kd_from = cfg["channel_sparsity_args"]["start_epoch"] - 1
+        kd = (tp.pat.Distillation(pruner, **override.get("kd", {})) if method == "pat_kd"
+              else None)
 
         def loss_fn(x: torch.Tensor, out_: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
             loss = loss + pruner.slice_regularize(run.model)
-            return kd(x, out_, loss) if kd is not None else loss
+            return kd(loss, out_, x, run.model) if kd is not None else loss
 
         def epoch_end(epoch: int) -> None:
-            if kd is not None and epoch == max(kd_from, 0):
-                kd.snapshot(run.model)
             pruner.prune(run.model, epoch)
             if pruner.channel_pruner.reset_optimizer:
                 if override.get("carry"):

@@ -177,3 +177,46 @@ def test_focus_and_growth_resume_from_a_checkpoint() -> None:
     assert resumed.channel_pruner.regularizer.scale == pruner.channel_pruner.regularizer.scale
     for a, b in zip(model.parameters(), resumed_model.parameters()):
         assert torch.equal(a.grad, b.grad)
+
+
+def test_distillation_starts_with_masking_and_teaches_the_pruned_model() -> None:
+    torch.manual_seed(0)
+    model = SmallCNN()
+    cfg = {"channel_sparsity_args": {
+        "start_epoch": 2, "end_epoch": 3, "global_prune_rate": 0.5, "mac_target": 0.5,
+        "verbose": 0}}
+    pruner = tp.Pruning(model, cfg, example_inputs=torch.randn(*INPUT))
+    kd = tp.pat.Distillation(pruner, alpha=1.0, temperature=2.0)
+    x, y = torch.randn(8, *INPUT[1:]), torch.randint(0, 10, (8,))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    for epoch in range(4):
+        out = model(x)
+        ce = nn.functional.cross_entropy(out, y)
+        loss = kd(ce, out, x)
+        if epoch < 2:  # regularization phase: the loss is the user's own
+            assert kd.teacher is None and loss is ce
+        else:  # masking phase: the loss is the distillation term (alpha 1)
+            assert kd.teacher is not None and loss is not ce
+            assert all(not p.requires_grad for p in kd.teacher.parameters())
+        if epoch == 2:  # first step of masking: the teacher is the model as it is now
+            with torch.no_grad():
+                model.eval()
+                assert torch.allclose(kd.teacher(x), model(x))
+                model.train()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        pruner.prune(model, epoch)
+        if pruner.channel_pruner.reset_optimizer:
+            optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+            pruner.channel_pruner.reset_optimizer = False
+    with torch.no_grad():  # the teacher stayed the dense model
+        assert tp.utils.count_ops_and_params(kd.teacher, torch.randn(*INPUT))[0] > \
+            tp.utils.count_ops_and_params(model, torch.randn(*INPUT))[0]
+
+
+@pytest.mark.parametrize("kwargs, match", [({"alpha": 1.5}, "alpha"),
+                                          ({"temperature": 0}, "temperature")])
+def test_distillation_rejects_bad_settings(kwargs, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        tp.pat.Distillation(None, **kwargs)

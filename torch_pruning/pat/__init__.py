@@ -18,7 +18,7 @@ from typing import Any, Dict
 
 __all__ = ["Pruning", "load_state_dict_pruned", "PruningConfigError", "PruningConfig",
            "CheckpointError", "MaskSet", "optimizer_state_matches", "SplitMultiheadAttention",
-           "split_multihead_attention", "recommend_config", "attach"]
+           "split_multihead_attention", "recommend_config", "Distillation", "attach"]
 
 _LAZY: Dict[str, str] = {
     "Pruning": ".facade",
@@ -31,6 +31,7 @@ _LAZY: Dict[str, str] = {
     "SplitMultiheadAttention": ".split_attention",
     "split_multihead_attention": ".split_attention",
     "recommend_config": ".recipe",
+    "Distillation": ".distill",
 }
 
 # Names attached to ``torch_pruning`` and ``torch_pruning.utils`` when it is imported.
