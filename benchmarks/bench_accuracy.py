@@ -320,6 +320,9 @@ def run_method(method: str, arch: str, budget: float, seed: int, epochs: int,
         return {"acc": run.accuracy(), "macs": macs_of(run.model) / base}
     # ours: the five-line loop (plus opt-in distillation for pat_kd)
     example = torch.randn(1, 3, 32, 32)
+    from torch_pruning.pat import recipe
+
+    recipe.RECIPE.update(override.get("recipe", {}))  # lever studies: the recipe's settings
     cfg = tp.pat.recommend_config(model, example, budget, epochs)
     _merge(cfg, override.get("pat", {}))
     with tempfile.TemporaryDirectory() as out:

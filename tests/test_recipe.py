@@ -220,3 +220,30 @@ def test_distillation_starts_with_masking_and_teaches_the_pruned_model() -> None
 def test_distillation_rejects_bad_settings(kwargs, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         tp.pat.Distillation(None, **kwargs)
+
+
+def test_macs_schedule_lands_on_a_linear_mac_level_every_step() -> None:
+    """schedule "macs": whatever global ranking does, step k of n leaves 1 - (1 - target) k/n
+    of the MACs, and the last step meets the target."""
+    torch.manual_seed(0)
+    model = ResidualCNN(width=32)
+    cfg = {"channel_sparsity_args": {
+        "start_epoch": 1, "end_epoch": 4, "global_prune_rate": 0.9, "max_pruning_rate": 0.9,
+        "mac_target": 0.3, "schedule": "macs", "global_pruning": True, "verbose": 0,
+        "prune_at_target": False}}
+    pruner = tp.Pruning(model, cfg, example_inputs=torch.randn(*INPUT))
+    levels = []
+    for epoch in range(5):
+        pruner.prune(model, epoch)
+        levels.append(pruner.channel_pruner.macs() / pruner.channel_pruner.base_macs)
+    expected = [1.0, 0.825, 0.65, 0.475, 0.3]
+    for got, want in zip(levels, expected):
+        assert want - 0.03 <= got <= want + 1e-9
+    assert pruner.channel_pruner.reached_target
+
+
+def test_macs_schedule_without_a_target_is_a_config_error(tmp_path) -> None:
+    (tmp_path / "pruning_config.json").write_text(json.dumps({"channel_sparsity_args": {
+        "start_epoch": 1, "end_epoch": 4, "global_prune_rate": 0.5, "schedule": "macs"}}))
+    with pytest.raises(tp.PruningConfigError, match="schedule"):
+        tp.Pruning(SmallCNN(), tmp_path, example_inputs=torch.randn(*INPUT))

@@ -184,7 +184,7 @@ class ChannelPruner(ChannelPrunerState):
         scale = 1.0
         if reg.growth == "linear":
             scale = min(1.0, (epoch + 1) / (self.cfg.start_epoch + 1))
-        focus = self._select(self.schedule.final_ratio)[0] if reg.target == "pruned" else None
+        focus = self._final_plan() if reg.target == "pruned" else None
         if focus is not None or scale != self.regularizer.scale:
             self.regularizer.focus_on(focus, scale)
 
@@ -206,7 +206,7 @@ class ChannelPruner(ChannelPrunerState):
         if not self.schedule.is_step(epoch) or (self._last_epoch is not None
                                                and epoch <= self._last_epoch):
             return
-        plan, ratio, met = self._select(self.schedule.ratio(epoch))
+        plan, ratio, met = self._scheduled_plan(epoch)
         reached = met or (self.cfg.mac_target == 0 and self.schedule.is_last_step(epoch))
         plan, reached = self._agree(plan, reached)
         if not reached:
@@ -253,16 +253,31 @@ class ChannelPruner(ChannelPrunerState):
     def _channels(self, plan: _Plan) -> _Plan:
         return {g.number: g.expand_units(plan[g.number]) for g in self.groups}
 
-    def _select(self, ratio: float) -> Tuple[_Plan, float, bool]:
-        """The plan at ``ratio`` and whether it meets the MAC target; a plan that meets it is
-        replaced by the one between the current ratio and ``ratio`` that lands just under it."""
+    def _select(self, ratio: float, level: Optional[float] = None
+                ) -> Tuple[_Plan, float, bool]:
+        """The plan at ``ratio`` and whether it meets the MAC target; a plan that meets it (or
+        the cost ``level``, if given) is replaced by the one between the current ratio and
+        ``ratio`` that lands just under it."""
         scores = self._scores()
         plan = select_units(self.groups, scores, self._pruned, ratio, self.rules)
         target = self._target_macs()
-        if target is None or self._cost(plan) > target:
+        goal = target if level is None or target is None else max(level, target)
+        if goal is None or self._cost(plan) > goal:
             return plan, ratio, False
-        plan, ratio = self._land_on_target(scores, self._ratio, ratio, plan, target)
-        return plan, ratio, True
+        plan, ratio = self._land_on_target(scores, self._ratio, ratio, plan, goal)
+        return plan, ratio, target is not None and self._cost(plan) <= target
+
+    def _scheduled_plan(self, epoch: int) -> Tuple[_Plan, float, bool]:
+        """The plan at the end of ``epoch`` and whether it meets the MAC target."""
+        if self.cfg.schedule == "ratio":
+            return self._select(self.schedule.ratio(epoch))
+        fraction = self.schedule.fraction(epoch)
+        level = self.base_cost * (1 - (1 - self.cfg.mac_target) * fraction)
+        return self._select(self.schedule.final_ratio, level=level)
+
+    def _final_plan(self) -> _Plan:
+        """The plan at the end of the schedule, ranked with the weights as they are now."""
+        return self._select(self.schedule.final_ratio)[0]
 
     def _count(self, plan: _Plan) -> Tuple[float, int]:
         return self.counter.count_groups(self.groups, self._channels(plan))

@@ -8,13 +8,13 @@
    epoch) and grows linearly to full strength (``regularize.growth: "linear"``), so their norms
    fall apart from the others before any is masked.
 2. **Masking** (``start_epoch .. end_epoch``): every epoch masks more channels, ranked across
-   layers (``global_pruning``), until the MACs meet ``mac_target``; the masked channels are then
-   removed physically.
+   layers (``global_pruning``), so that the MACs fall linearly to ``mac_target`` at
+   ``end_epoch`` (``schedule: "macs"``); the masked channels are then removed physically.
 3. **Fine-tuning**: the rest of the run trains the reduced model.
 
-The channel ratio the schedule climbs to is measured on the model itself: the ratio at which
-the pruner's own selection lands on the target, with a margin, so the target is met on the last
-masking epochs and never missed.
+The steps are MAC levels, not channel ratios, so the target is met at ``end_epoch`` however
+global ranking spreads the channels over the layers; a copy of the model is traced once to
+check that the target can be reached under ``max_pruning_rate``.
 
 Example:
     >>> import torch, torchvision
@@ -42,7 +42,6 @@ RECIPE: Dict[str, Any] = {
     "start": 0.2,          # masking starts after this fraction of the epochs (regularization before)
     "end": 0.5,            # and ends by this fraction (fine-tuning after)
     "reg": 0.2,            # strength of the focused penalty at full growth
-    "margin": 1.1,         # the schedule climbs to this times the ratio that meets the target
     "method": "GroupNormPruner",
     "global_pruning": True,
     "max_pruning_rate": 0.9,
@@ -58,20 +57,17 @@ def _shapes(example_inputs: Any) -> Union[List[int], List[List[int]], None]:
     return None
 
 
-def _needed_ratio(model: nn.Module, example_inputs: Any, channel: Dict[str, Any]) -> float:
-    """The channel ratio at which the pruner's own selection meets ``mac_target``."""
+def _check_reachable(model: nn.Module, example_inputs: Any, channel: Dict[str, Any]) -> None:
+    """Warn when the pruner's own selection cannot meet ``mac_target`` under the cap."""
     from .facade import Pruning
 
-    probe = dict(channel, global_prune_rate=channel["max_pruning_rate"], verbose=0,
-                 regularize={"reg": 0.0})
+    probe = dict(channel, verbose=0, regularize={"reg": 0.0})
     pruner = Pruning(copy.deepcopy(model), {"channel_sparsity_args": probe},
                      example_inputs=example_inputs)
-    _, ratio, met = pruner.channel_pruner._select(channel["max_pruning_rate"])
-    if not met:
-        logger.warning("mac_target %.3f is out of reach with max_pruning_rate %.2f: the "
-                       "recommended schedule prunes to the cap.", channel["mac_target"],
-                       channel["max_pruning_rate"])
-    return float(ratio)
+    if not pruner.channel_pruner._select(channel["global_prune_rate"])[2]:
+        logger.warning("mac_target %.3f cannot be met with max_pruning_rate %.2f on this "
+                       "model: the recommended schedule stops at the cap.",
+                       channel["mac_target"], channel["max_pruning_rate"])
 
 
 def recommend_config(model: nn.Module, example_inputs: Any, mac_target: float, epochs: int,
@@ -115,6 +111,8 @@ def recommend_config(model: nn.Module, example_inputs: Any, mac_target: float, e
         "start_epoch": start,
         "end_epoch": end,
         "epoch_rate": 1,
+        "schedule": "macs",
+        "global_prune_rate": RECIPE["max_pruning_rate"],  # with "macs": a cap on the ratio
         "mac_target": float(mac_target),
         "max_pruning_rate": RECIPE["max_pruning_rate"],
         "prune_at_target": True,
@@ -127,7 +125,5 @@ def recommend_config(model: nn.Module, example_inputs: Any, mac_target: float, e
         channel["input_shape"] = shapes
         if isinstance(example_inputs, tuple):
             channel["container"] = "tuple"
-    needed = _needed_ratio(model, example_inputs, channel)
-    channel["global_prune_rate"] = round(min(RECIPE["max_pruning_rate"],
-                                             needed * RECIPE["margin"]), 4)
+    _check_reachable(model, example_inputs, channel)
     return {"channel_sparsity_args": channel}
