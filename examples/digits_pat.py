@@ -5,6 +5,11 @@ integration of the README: regularization, gradual channel masking to half the M
 removal, optimizer reset, fine-tuning with slice sparsity; then saves the pruned checkpoint,
 reloads it into a fresh *unpruned* model with ``load_state_dict_pruned`` and prints a summary.
 
+The channel section of the config is the recommended recipe for this model, budget and run
+length (``tp.pat.recommend_config``, see docs/recipes.md); the slice section comes from
+``digits_pat_config.json``. A ``--config`` file with its own ``channel_sparsity_args`` is used
+as it is.
+
     python examples/digits_pat.py --out runs/digits          # full run (about a minute)
     python examples/digits_pat.py --out /tmp/d --quick       # reduced run used by the tests
 """
@@ -134,6 +139,20 @@ def train(model: nn.Module, data: Tuple[torch.Tensor, ...], epochs: int, lr: flo
     return model
 
 
+MAC_TARGET = 0.5
+
+
+def write_config(config: Path, out: Path, epochs: int) -> None:
+    """``out/pruning_config.json``: ``config``, with the recommended channel section unless
+    ``config`` has its own."""
+    cfg = json.loads(config.read_text())
+    if "channel_sparsity_args" not in cfg:
+        recommended = tp.pat.recommend_config(DigitsNet(), torch.randn(1, 1, 8, 8), MAC_TARGET,
+                                              epochs, block_size=4)
+        cfg = {**recommended, **cfg}
+    (out / "pruning_config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+
+
 def run(out: Path, epochs: int, seed: int, config: Path, lr: float = 0.05,
         carry_optimizer: bool = False) -> Dict[str, Dict[str, float]]:
     """Baseline and PAT runs; returns the before/after measurements."""
@@ -145,7 +164,7 @@ def run(out: Path, epochs: int, seed: int, config: Path, lr: float = 0.05,
     before = measure(baseline, x_test, y_test)
 
     out.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(config, out / "pruning_config.json")
+    write_config(config, out, epochs)
     ckpt_dir = out / "checkpoints"
     if ckpt_dir.exists():
         shutil.rmtree(ckpt_dir)

@@ -24,7 +24,7 @@ __all__ = ["Pruning", "load_state_dict_pruned", "PruningConfigError", "PruningCo
            "CheckpointError", "MaskSet", "optimizer_state_matches", "SplitMultiheadAttention",
            "split_multihead_attention", "attach", "ChannelPruner", "SlicePruner", "Pruner",
            "CostModel", "PruningReport", "layer_stats", "analyze_run", "plot_analysis",
-           "register_rebuild_rule", "RebuildPlan"]
+           "register_rebuild_rule", "RebuildPlan", "recommend_config", "Distillation"]
 
 # Public name -> the module (in its concept folder, see docs/architecture.md) defining it.
 _LAZY: Dict[str, str] = {
@@ -47,6 +47,8 @@ _LAZY: Dict[str, str] = {
     "layer_stats": ".tools.report",
     "analyze_run": ".tools.analyze",
     "plot_analysis": ".tools.analyze_plots",
+    "recommend_config": ".tools.recipe",
+    "Distillation": ".tools.distill",
 }
 
 # Names attached to ``torch_pruning`` and ``torch_pruning.utils`` when it is imported.

@@ -115,6 +115,8 @@ class ChannelPruner:
         self._pruned: _Plan = {}
         self._ratio = 0.0
         self._last_epoch: Optional[int] = None
+        self._next_epoch = 0  # the epoch the next training step belongs to
+        self._focus_epoch: Optional[int] = None  # the epoch the regularizer was focused for
         self._removed = False
         self._base: Optional[Tuple[float, int]] = None
         self._source = str(self.config_path) if self.config_path else "<config>"
@@ -183,12 +185,27 @@ class ChannelPruner:
         """
         if self.reached_target or self.regularizer is None:
             return
+        if self._focus_epoch != self._next_epoch:
+            self._refocus()
         self.regularizer.apply(self._pruned)
+
+    def _refocus(self) -> None:
+        """Point the regularizer at this epoch's channels and strength (``regularize.target``
+        and ``regularize.growth``); computed from the weights at the epoch's start."""
+        reg, epoch = self.cfg.regularize, self._next_epoch
+        self._focus_epoch = epoch
+        scale = 1.0
+        if reg.growth == "linear":
+            scale = min(1.0, (epoch + 1) / (self.cfg.start_epoch + 1))
+        focus = self._final_plan() if reg.target == "pruned" else None
+        if focus is not None or scale != self.regularizer.scale:
+            self.regularizer.focus_on(focus, scale)
 
     # ------------------------------------------------------------------ per epoch
     def prune(self, model: nn.Module, epoch: int, log: Optional[UserLog] = None) -> None:
         """Epoch-end step: mask more channels on schedule, finish at the target."""
         log = log if log is not None else self.log
+        self._next_epoch = epoch + 1
         if self.regularizer is not None:  # rank afresh each epoch: resumable bit for bit
             self.regularizer.restart()
         if self.reached_target:
@@ -202,7 +219,7 @@ class ChannelPruner:
         if not self.schedule.is_step(epoch) or (self._last_epoch is not None
                                                and epoch <= self._last_epoch):
             return
-        plan, ratio, met = self._select(self.schedule.ratio(epoch))
+        plan, ratio, met = self._scheduled_plan(epoch)
         reached = met or (self.cfg.mac_target == 0 and self.schedule.is_last_step(epoch))
         plan, reached = self._agree(plan, reached)
         if not reached:
@@ -249,16 +266,31 @@ class ChannelPruner:
     def _channels(self, plan: _Plan) -> _Plan:
         return {g.number: g.expand_units(plan[g.number]) for g in self.groups}
 
-    def _select(self, ratio: float) -> Tuple[_Plan, float, bool]:
-        """The plan at ``ratio`` and whether it meets the MAC target; a plan that meets it is
-        replaced by the one between the current ratio and ``ratio`` that lands just under it."""
+    def _select(self, ratio: float, level: Optional[float] = None
+                ) -> Tuple[_Plan, float, bool]:
+        """The plan at ``ratio`` and whether it meets the MAC target; a plan that meets it (or
+        the cost ``level``, if given) is replaced by the one between the current ratio and
+        ``ratio`` that lands just under it."""
         scores = self._scores()
         plan = select_units(self.groups, scores, self._pruned, ratio, self.rules)
         target = self._target_macs()
-        if target is None or self._cost(plan) > target:
+        goal = target if level is None or target is None else max(level, target)
+        if goal is None or self._cost(plan) > goal:
             return plan, ratio, False
-        plan, ratio = self._land_on_target(scores, self._ratio, ratio, plan, target)
-        return plan, ratio, True
+        plan, ratio = self._land_on_target(scores, self._ratio, ratio, plan, goal)
+        return plan, ratio, target is not None and self._cost(plan) <= target
+
+    def _scheduled_plan(self, epoch: int) -> Tuple[_Plan, float, bool]:
+        """The plan at the end of ``epoch`` and whether it meets the MAC target."""
+        if self.cfg.schedule == "ratio":
+            return self._select(self.schedule.ratio(epoch))
+        fraction = self.schedule.fraction(epoch)
+        level = self.base_cost * (1 - (1 - self.cfg.mac_target) * fraction)
+        return self._select(self.schedule.final_ratio, level=level)
+
+    def _final_plan(self) -> _Plan:
+        """The plan at the end of the schedule, ranked with the weights as they are now."""
+        return self._select(self.schedule.final_ratio)[0]
 
     def _removal(self, plan: _Plan) -> RemovalPlan:
         """The plan as the cost models take it: positions removed per module and handler."""
@@ -442,7 +474,7 @@ class ChannelPruner:
         """Pruned channels per group, schedule progress and the reached flag."""
         return {"version": 1, "reached": self.reached_target, "removed": self._removed,
                 "summary": self._summary, "ratio": self._ratio, "last_epoch": self._last_epoch,
-                "base": self._base,
+                "next_epoch": self._next_epoch, "base": self._base,
                 "pruned_units": {g.source: self._pruned[g.number].nonzero().flatten().clone()
                                  for g in self.groups}}
 
@@ -468,6 +500,7 @@ class ChannelPruner:
         self._summary = state.get("summary", self._summary)
         self._base = state.get("base") or self._base
         self._ratio, self._last_epoch = state.get("ratio", 0.0), state.get("last_epoch")
+        self._next_epoch, self._focus_epoch = state.get("next_epoch", 0), None
         self.reached_target, self._removed = reached, removed
         if removed:  # the model is loaded in its final shapes: nothing left to mask
             self.groups, self._pruned, self.regularizer = [], {}, None

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from typing import Any, Callable, Dict, List, Mapping, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -113,7 +113,30 @@ class ChannelRegularizer:
         for module, name, dim in self._by_param:
             dims[(module, name)].add(dim)
         self._param_dims = {k: sorted(v) for k, v in dims.items()}
+        #: per group number, the units to push (None: all of them); see :meth:`focus_on`
+        self.focus: Optional[Dict[int, torch.Tensor]] = None
+        #: a factor on every strength (the ``growth`` ramp)
+        self.scale = 1.0
         self._uniform = self._uniform_coefficients() if self.gamma == 1.0 else None
+
+    def focus_on(self, focus: Optional[Mapping[int, torch.Tensor]], scale: float = 1.0) -> None:
+        """Push only the units in ``focus`` (bool per unit, by group number; None: every unit),
+        with every strength multiplied by ``scale``. Takes effect at the next step.
+
+        Example:
+            >>> reg.focus_on({1: torch.tensor([True, False])}, scale=0.5)  # doctest: +SKIP
+        """
+        self.focus = None if focus is None else {n: f.clone() for n, f in focus.items()}
+        self.scale = float(scale)
+        self._uniform = self._uniform_coefficients() if self.gamma == 1.0 else None
+        self.restart()
+
+    def _weights(self, g: ChannelGroup) -> torch.Tensor:
+        """Per channel of ``g``: ``scale``, zero outside the focus (float64)."""
+        w = torch.full((g.channels,), self.scale, dtype=torch.float64)
+        if self.focus is not None and g.number in self.focus:
+            w = w * g.expand_units(self.focus[g.number]).to(torch.float64)
+        return w
 
     @property
     def active(self) -> bool:
@@ -136,8 +159,8 @@ class ChannelRegularizer:
         return coef
 
     def _uniform_coefficients(self) -> Dict[_Param, torch.Tensor]:
-        lam = {g.number: torch.full((g.channels,), self.strength[g.number], dtype=torch.float64)
-               for g in self.groups}  # float64: a huge reg becomes inf in the cast, not an error
+        # float64: a huge reg becomes inf in the cast, not an error
+        lam = {g.number: self.strength[g.number] * self._weights(g) for g in self.groups}
         return self._coefficients(lam)
 
     def _per_position(self) -> Dict[_Key, torch.Tensor]:
@@ -179,7 +202,8 @@ class ChannelRegularizer:
                 hi, lo = imp[alive].max(), imp[alive].min()
                 if float(hi - lo) > 0:
                     t = ((hi - imp) / (hi - lo)).clamp(0, 1)
-            lam[g.number] = self.strength[g.number] * self.gamma ** t
+            lam[g.number] = (self.strength[g.number] * self.gamma ** t
+                             * self._weights(g).to(t.device, t.dtype))
         return lam
 
     def restart(self) -> None:

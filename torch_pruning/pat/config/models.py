@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 from typing import Any, Dict, List, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 __all__ = [
     "PruningMethod", "SliceMethod", "SliceMode", "RegularizeArgs", "MACParams",
@@ -62,6 +62,15 @@ class RegularizeArgs(_Section):
     gamma: float = Field(1.0, ge=1.0, allow_inf_nan=False,
                          description="Within a group, the least important channel gets gamma "
                                      "times the strength of the most important (1 = uniform).")
+    target: Literal["all", "pruned"] = Field(
+        "all", description="Which channels are pushed: \"all\" selected channels, or only "
+                           "\"pruned\": those the schedule would prune at the MAC target, "
+                           "ranked afresh at every epoch end (the others train freely, so the "
+                           "norms separate before masking starts).")
+    growth: Literal["constant", "linear"] = Field(
+        "constant", description="\"linear\": the strength grows from 0 to reg (and mac_reg) "
+                                "over the epochs up to start_epoch, then stays; \"constant\": "
+                                "full strength from the first step.")
 
 
 class MACParams(_Section):
@@ -104,6 +113,13 @@ class ChannelSparsityArgs(_Section):
     global_prune_rate: float = _rate(0.0, "Channel ratio the schedule reaches at end_epoch. "
                                           "Required.")
     max_pruning_rate: float = _rate(1.0, "Cap on the fraction pruned in any one group.")
+    schedule: Literal["ratio", "macs"] = Field(
+        "ratio", description="What each masking step climbs: \"ratio\", the channel ratio, "
+                             "linearly to global_prune_rate (stopping early at mac_target); "
+                             "\"macs\", the MACs, linearly from 100% to mac_target at "
+                             "end_epoch, each step landing on its level whatever the ranking "
+                             "(global_prune_rate then caps the channel ratio; needs "
+                             "mac_target > 0).")
     mac_target: float = _rate(0.0, "Fraction of the original MACs that remains (0.7 = 30% "
                                    "reduction); 0 turns the MAC target off.")
     cost: Literal["macs", "latency"] = Field(
@@ -151,6 +167,13 @@ class ChannelSparsityArgs(_Section):
         if isinstance(v, list) and not v:
             raise ValueError('list must name at least one layer (or use "all")')
         return v
+
+    @model_validator(mode="after")
+    def _macs_schedule_needs_target(self) -> "ChannelSparsityArgs":
+        if self.is_prune and self.schedule == "macs" and self.mac_target <= 0:
+            raise ValueError('schedule "macs" steps the MACs down to mac_target: set '
+                             'mac_target in (0, 1], or use schedule "ratio"')
+        return self
 
     @field_validator("input_shape")
     @classmethod

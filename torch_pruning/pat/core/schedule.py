@@ -122,6 +122,15 @@ class ChannelSchedule:
             return self.final_ratio
         return round(self.final_ratio * (k / self.n_steps), 12)  # k/n first: epochs may be huge
 
+    def fraction(self, epoch: int) -> float:
+        """The fraction of the schedule done at the end of ``epoch`` (0 before, 1 after).
+
+        Example:
+            >>> ChannelSchedule(2, 5, 1, 0.4).fraction(3)
+            0.5
+        """
+        return self.step_index(epoch) / self.n_steps
+
     def ratios(self) -> List[float]:
         """The ratio reached at each step, in order.
 

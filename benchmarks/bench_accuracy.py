@@ -1,0 +1,464 @@
+"""Accuracy at a MAC budget on CIFAR-10 data: PAT against what a user can do in three lines.
+
+Every method trains for the same number of epochs (SGD with Nesterov momentum, one-cycle
+learning rate, random crop and flip) on an 8,000-image stratified split of the 10,000 CIFAR-10
+training images in ``shared/data/cifar10_train_10k.npz`` and is scored on the other 2,000
+(validation; the split is fixed, seed 0). Methods:
+
+* ``unpruned``: the full network.
+* ``oneshot``: upstream ``MetaPruner`` (L2 magnitude, same ratio per layer) at mid-training,
+  then the rest of the schedule as fine-tuning.
+* ``sparse``: upstream ``GroupNormPruner`` sparse training (``regularize()`` every step) for
+  the first half, pruned at mid-training (group L2), then fine-tuning.
+* ``thin``: a thinner network (every width scaled) trained from scratch.
+* ``pat``: our five-line loop with ``tp.pat.recommend_config(model, inputs, budget, epochs)``
+  (``--pat-override`` JSON merges into it, for studying levers).
+* ``pat_kd``: the same plus opt-in distillation from the dense model (``tp.pat.Distillation``).
+
+Budgets are fractions of the unpruned network's MACs; upstream's methods search the channel
+ratio that lands on the budget (bisection on a copy), the thin net the width.
+
+    python benchmarks/bench_accuracy.py --data ../shared/data/cifar10_train_10k.npz \\
+        --results runs/accuracy.jsonl --write-docs docs/benchmarks.md
+
+Each finished run is appended to ``--results`` (JSON lines) and skipped when the script is run
+again with the same settings, so a sweep can be interrupted and resumed. Progress goes to the
+terminal (one line per epoch). The table (mean, min, max validation accuracy over seeds and the
+MACs reached) is printed and, with ``--write-docs``, written into the page between markers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import io
+import json
+import logging
+import math
+import re
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
+import torch_pruning as tp  # noqa: E402
+
+logger = logging.getLogger("bench_accuracy")
+METHODS = ("unpruned", "oneshot", "sparse", "thin", "pat", "pat_kd")
+MEAN = torch.tensor([0.4914, 0.4822, 0.4465]).view(1, 3, 1, 1)
+STD = torch.tensor([0.2470, 0.2435, 0.2616]).view(1, 3, 1, 1)
+DOC_BEGIN, DOC_END = "<!-- bench_accuracy begin -->", "<!-- bench_accuracy end -->"
+
+
+# ---------------------------------------------------------------------------- data
+def load_cifar(path: Path) -> Tuple[torch.Tensor, ...]:
+    """(x_train, y_train, x_val, y_val): 8,000 / 2,000 stratified split, normalized float."""
+    from PIL import Image
+
+    if not path.exists():
+        raise SystemExit(f"{path}: no such file. Pass --data PATH to cifar10_train_10k.npz "
+                         "(shared/data/ beside the checkout; see its README).")
+    cache = Path(tempfile.gettempdir()) / f"bench_accuracy_{path.stat().st_size}.pt"
+    if cache.exists():
+        return torch.load(cache, weights_only=True)
+    d = np.load(path)
+    x = np.stack([np.asarray(Image.open(io.BytesIO(d["jpeg"][a:b].tobytes())).convert("RGB"))
+                  for a, b in zip(d["offsets"][:-1], d["offsets"][1:])])
+    y = torch.as_tensor(d["labels"], dtype=torch.long)
+    x = torch.as_tensor(x).permute(0, 3, 1, 2).float().div(255).sub(MEAN).div(STD)
+    g = torch.Generator().manual_seed(0)
+    val = torch.cat([idx[torch.randperm(len(idx), generator=g)[:len(idx) // 5]]
+                     for idx in (torch.nonzero(y == c).flatten() for c in range(10))])
+    train = torch.ones(len(y), dtype=torch.bool)
+    train[val] = False
+    split = (x[train], y[train], x[val], y[val])
+    torch.save(split, cache)
+    return split
+
+
+def augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """Random 32x32 crop of the 4-pixel zero-padded image and a random horizontal flip."""
+    n = x.shape[0]
+    padded = F.pad(x, (4, 4, 4, 4))
+    dx, dy = torch.randint(0, 9, (2, n), generator=g)
+    out = torch.stack([padded[i, :, dy[i]:dy[i] + 32, dx[i]:dx[i] + 32] for i in range(n)])
+    flip = torch.rand(n, generator=g) < 0.5
+    out[flip] = out[flip].flip(3)
+    return out
+
+
+# ---------------------------------------------------------------------------- models
+def _conv_bn(cin: int, cout: int, stride: int = 1) -> List[nn.Module]:
+    return [nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout),
+            nn.ReLU(inplace=True)]
+
+
+class VGG(nn.Module):
+    """VGG-style CNN for 32x32 images: 7 conv-BN-ReLU, 3 poolings, a linear classifier.
+
+    ``widths`` are the conv widths; the default (width 16) has about 11.3M MACs.
+    """
+
+    def __init__(self, widths: Sequence[int] = (16, 16, 32, 32, 64, 64, 128)) -> None:
+        super().__init__()
+        layers: List[nn.Module] = []
+        cin = 3
+        for i, w in enumerate(widths):
+            layers += _conv_bn(cin, w)
+            if i in (1, 3, 5):
+                layers.append(nn.MaxPool2d(2))
+            cin = w
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, 10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+class Block(nn.Module):
+    """Basic residual block (two 3x3 convs; 1x1 projection when the shape changes)."""
+
+    def __init__(self, cin: int, mid: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(cin, mid, 3, stride, 1, bias=False), nn.BatchNorm2d(mid)
+        self.conv2, self.bn2 = nn.Conv2d(mid, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout)
+        self.short = (nn.Sequential() if stride == 1 and cin == cout else
+                      nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
+                                    nn.BatchNorm2d(cout)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.bn2(self.conv2(out)) + self.short(x))
+
+
+class ResNet(nn.Module):
+    """A small CIFAR ResNet (ResNet-14: 3 stages of 2 basic blocks).
+
+    ``widths`` = (stem, stage 1, stage 2, stage 3, inner width scale); default width 16.
+    """
+
+    def __init__(self, widths: Sequence[float] = (16, 16, 32, 64, 1.0)) -> None:
+        super().__init__()
+        stem, *stages, inner = widths
+        stem, stages = int(stem), [int(s) for s in stages]
+        self.stem = nn.Sequential(*_conv_bn(3, stem))
+        blocks, cin = [], stem
+        for i, w in enumerate(stages):
+            for j in range(2):
+                blocks.append(Block(cin, max(1, round(w * inner)), w,
+                                    2 if (i > 0 and j == 0) else 1))
+                cin = w
+        self.blocks = nn.Sequential(*blocks)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, 10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.blocks(self.stem(x)))
+
+
+BASE_WIDTHS = {"vgg": (16, 16, 32, 32, 64, 64, 128), "resnet": (16, 16, 32, 64, 1.0)}
+
+
+def build(arch: str, scale: float = 1.0) -> nn.Module:
+    """The network of ``arch`` with every width multiplied by ``scale`` (at least 1)."""
+    if arch == "vgg":
+        return VGG([max(1, round(w * scale)) for w in BASE_WIDTHS["vgg"]])
+    *w, inner = BASE_WIDTHS["resnet"]
+    return ResNet([max(1, round(v * scale)) for v in w] + [inner])
+
+
+def macs_of(model: nn.Module) -> float:
+    was = model.training
+    macs = tp.utils.count_ops_and_params(model, torch.randn(1, 3, 32, 32))[0]
+    model.train(was)
+    return float(macs)
+
+
+# ---------------------------------------------------------------------------- training
+class Run:
+    """One training run: the user's loop with optional hooks at step and epoch ends."""
+
+    def __init__(self, model: nn.Module, data: Tuple[torch.Tensor, ...], epochs: int,
+                 seed: int, lr: float = 0.1, batch: int = 128, wd: float = 5e-4) -> None:
+        self.model, self.data, self.epochs = model, data, epochs
+        self.lr, self.batch, self.wd = lr, batch, wd
+        self.gen = torch.Generator().manual_seed(seed)
+        self.steps_per_epoch = math.ceil(len(data[1]) / batch)
+        self.optimizer = self.make_optimizer()
+
+    def make_optimizer(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.model.parameters(), lr=self.lr, momentum=0.9,
+                               nesterov=True, weight_decay=self.wd)
+
+    def lr_at(self, step: int) -> float:
+        """One-cycle: linear warm-up over 15% of the run, cosine down to 0."""
+        total = self.epochs * self.steps_per_epoch
+        warm = max(1, int(0.15 * total))
+        if step < warm:
+            return self.lr * (0.1 + 0.9 * step / warm)
+        return self.lr * 0.5 * (1 + math.cos(math.pi * (step - warm) / (total - warm)))
+
+    def train(self, loss_fn: Optional[Callable[[torch.Tensor, torch.Tensor, torch.Tensor],
+                                               torch.Tensor]] = None,
+              after_backward: Optional[Callable[[], None]] = None,
+              epoch_end: Optional[Callable[[int], None]] = None, label: str = "") -> None:
+        x_train, y_train = self.data[0], self.data[1]
+        step = 0
+        for epoch in range(self.epochs):
+            start = time.perf_counter()
+            self.model.train()
+            order = torch.randperm(len(y_train), generator=self.gen)
+            total = 0.0
+            for i in range(0, len(order), self.batch):
+                idx = order[i:i + self.batch]
+                xb, yb = augment(x_train[idx], self.gen), y_train[idx]
+                for group in self.optimizer.param_groups:
+                    group["lr"] = self.lr_at(step)
+                out = self.model(xb)
+                loss = F.cross_entropy(out, yb)
+                if loss_fn is not None:
+                    loss = loss_fn(xb, out, loss)
+                self.optimizer.zero_grad()
+                loss.backward()
+                if after_backward is not None:
+                    after_backward()
+                self.optimizer.step()
+                total += float(loss.detach())
+                step += 1
+            if epoch_end is not None:
+                epoch_end(epoch)
+            logger.info("  %s epoch %2d/%d  loss %.3f  val %.2f%%  MACs %.2fM  %.0fs", label,
+                        epoch + 1, self.epochs, total / self.steps_per_epoch, self.accuracy(),
+                        macs_of(self.model) / 1e6, time.perf_counter() - start)
+
+    @torch.no_grad()
+    def accuracy(self) -> float:
+        x, y = self.data[2], self.data[3]
+        self.model.eval()
+        correct = sum(int((self.model(x[i:i + 500]).argmax(1) == y[i:i + 500]).sum())
+                      for i in range(0, len(y), 500))
+        self.model.train()
+        return 100.0 * correct / len(y)
+
+
+# ---------------------------------------------------------------------------- methods
+def upstream_prune(model: nn.Module, importance: Any, budget: float, base: float) -> None:
+    """Prune ``model`` in place with upstream's MetaPruner to ``budget`` x ``base`` MACs,
+    the same ratio in every layer, found by bisection on copies."""
+    example = torch.randn(1, 3, 32, 32)
+
+    def pruned(ratio: float, target: nn.Module) -> nn.Module:
+        ignored = [m for m in target.modules() if isinstance(m, nn.Linear)]
+        pruner = tp.pruner.MetaPruner(target, example, importance=importance,
+                                      pruning_ratio=ratio, ignored_layers=ignored)
+        pruner.step()
+        return target
+
+    lo, hi = 0.0, 0.99
+    for _ in range(14):
+        mid = (lo + hi) / 2
+        if macs_of(pruned(mid, copy.deepcopy(model))) > budget * base:
+            lo = mid
+        else:
+            hi = mid
+    pruned(hi, model)
+
+
+def thin_scale(arch: str, budget: float) -> float:
+    """The width scale whose network has the MACs closest to ``budget`` of the full one."""
+    base = macs_of(build(arch))
+    best = min((abs(macs_of(build(arch, s / 200)) / base - budget), s / 200)
+               for s in range(10, 201))
+    return best[1]
+
+
+def run_method(method: str, arch: str, budget: float, seed: int, epochs: int,
+               data: Tuple[torch.Tensor, ...], override: Dict[str, Any]) -> Dict[str, Any]:
+    torch.manual_seed(seed)
+    base = macs_of(build(arch))
+    label = f"{arch} {method} {budget}x seed {seed}"
+    if method == "thin":
+        model = build(arch, thin_scale(arch, budget))
+        run = Run(model, data, epochs, seed)
+        run.train(label=label)
+        return {"acc": run.accuracy(), "macs": macs_of(run.model) / base}
+    model = build(arch)
+    run = Run(model, data, epochs, seed)
+    if method == "unpruned":
+        run.train(label=label)
+        return {"acc": run.accuracy(), "macs": 1.0}
+    if method in ("oneshot", "sparse"):
+        mid = epochs // 2
+        if method == "oneshot":
+            importance = tp.importance.MagnitudeImportance(p=2)
+            reg = None
+        else:
+            importance = tp.importance.GroupMagnitudeImportance(p=2)
+            reg = tp.pruner.GroupNormPruner(model, torch.randn(1, 3, 32, 32), importance,
+                                            reg=override.get("upstream_reg", 1e-4),
+                                            ignored_layers=[model.head[-1]])
+        state = {"sparse": reg is not None}
+
+        def after_backward() -> None:
+            if state["sparse"]:
+                reg.regularize(run.model)
+
+        def epoch_end(epoch: int) -> None:
+            if epoch == mid - 1:
+                upstream_prune(run.model, importance, budget, base)
+                run.optimizer = run.make_optimizer()
+                state["sparse"] = False
+
+        run.train(after_backward=after_backward, epoch_end=epoch_end, label=label)
+        return {"acc": run.accuracy(), "macs": macs_of(run.model) / base}
+    # ours: the five-line loop (plus opt-in distillation for pat_kd)
+    example = torch.randn(1, 3, 32, 32)
+    from torch_pruning.pat.tools import recipe
+
+    recipe.RECIPE.update(override.get("recipe", {}))  # lever studies: the recipe's settings
+    cfg = tp.pat.recommend_config(model, example, budget, epochs)
+    _merge(cfg, override.get("pat", {}))
+    with tempfile.TemporaryDirectory() as out:
+        (Path(out) / "pruning_config.json").write_text(json.dumps(cfg))
+        pruner = tp.Pruning(model, out, example_inputs=example, log=None)
+        kd = (tp.pat.Distillation(pruner, **override.get("kd", {})) if method == "pat_kd"
+              else None)
+
+        def loss_fn(x: torch.Tensor, out_: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
+            loss = loss + pruner.slice_regularize(run.model)
+            return kd(loss, out_, x, run.model) if kd is not None else loss
+
+        def epoch_end(epoch: int) -> None:
+            pruner.prune(run.model, epoch)
+            if pruner.channel_pruner.reset_optimizer:
+                if override.get("carry"):
+                    run.optimizer = pruner.carry_optimizer_state(run.optimizer)
+                else:
+                    run.optimizer = run.make_optimizer()
+                pruner.channel_pruner.reset_optimizer = False
+
+        run.train(loss_fn=loss_fn, after_backward=lambda: pruner.channel_regularize(run.model),
+                  epoch_end=epoch_end, label=label)
+        reached = bool(pruner.channel_pruner.reached_target)
+    return {"acc": run.accuracy(), "macs": macs_of(run.model) / base, "reached": reached,
+            "config": cfg}
+
+
+def _merge(into: Dict[str, Any], extra: Dict[str, Any]) -> None:
+    for k, v in extra.items():
+        if isinstance(v, dict) and isinstance(into.get(k), dict):
+            _merge(into[k], v)
+        else:
+            into[k] = v
+
+
+# ---------------------------------------------------------------------------- results
+def load_results(path: Optional[Path]) -> List[Dict[str, Any]]:
+    if path is None or not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def table(rows: List[Dict[str, Any]], archs: Sequence[str], budgets: Sequence[float],
+          methods: Sequence[str], tag: str) -> str:
+    names = {"unpruned": "unpruned", "oneshot": "upstream one-shot MetaPruner + fine-tune",
+             "sparse": "upstream GroupNormPruner sparse + prune + fine-tune",
+             "thin": "thinner net from scratch", "pat": "**ours: five-line PAT, recommend_config**",
+             "pat_kd": "**ours + opt-in distillation**"}
+    out = []
+    for arch in archs:
+        head = "| method |" + "".join(f" {b}x MACs: mean (min-max), MACs reached |"
+                                      for b in budgets)
+        out += [f"**{arch}** ({macs_of(build(arch)) / 1e6:.1f}M MACs)", "", head,
+                "|---|" + "---|" * len(budgets)]
+        for m in methods:
+            cells = []
+            for b in budgets:
+                sel = [r for r in rows if r["arch"] == arch and r["method"] == m
+                       and r["tag"] == tag and (m == "unpruned" or r["budget"] == b)]
+                if not sel:
+                    cells.append(" - ")
+                    continue
+                accs = [r["acc"] for r in sel]
+                macs = statistics.mean(r["macs"] for r in sel)
+                cells.append(f" {statistics.mean(accs):.2f} ({min(accs):.2f}-{max(accs):.2f}), "
+                             f"{macs:.3f}x, n={len(sel)} ")
+            out.append(f"| {names.get(m, m)} |" + "|".join(cells) + "|")
+        out.append("")
+    return "\n".join(out)
+
+
+def write_docs(page: Path, text: str, command: str) -> None:
+    block = (f"{DOC_BEGIN}\nMeasured with `{command}` (validation accuracy on the 2,000 held-out "
+             f"images, %).\n\n{text}\n{DOC_END}")
+    current = page.read_text() if page.exists() else ""
+    if DOC_BEGIN in current:
+        current = re.sub(re.escape(DOC_BEGIN) + ".*?" + re.escape(DOC_END), lambda _: block,
+                         current, flags=re.S)
+    else:
+        current = current.rstrip() + "\n\n## Accuracy at a MAC budget (CIFAR-10 data)\n\n" + block + "\n"
+    tmp = page.with_suffix(".tmp")
+    tmp.write_text(current)
+    tmp.replace(page)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, required=True,
+                        help="path to cifar10_train_10k.npz")
+    parser.add_argument("--archs", nargs="+", default=["vgg", "resnet"], choices=list(BASE_WIDTHS))
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--budgets", nargs="+", type=float, default=[0.25, 0.1])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--override", type=json.loads, default={},
+                        help='JSON for studying levers, e.g. \'{"pat": {"channel_sparsity_args":'
+                             ' {"global_pruning": false}}, "carry": true, "kd": {"alpha": 0.5}}\'')
+    parser.add_argument("--tag", default="default", help="name of this setting in --results")
+    parser.add_argument("--results", type=Path, default=None, help="JSON-lines file of runs")
+    parser.add_argument("--write-docs", type=Path, default=None)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("torch_pruning").setLevel(logging.WARNING)
+    torch.set_num_threads(args.threads)
+    data = load_cifar(args.data)
+    rows = load_results(args.results)
+    todo = [(a, m, b, s) for s in args.seeds for a in args.archs
+            for b in args.budgets for m in args.methods if m != "unpruned" or b == args.budgets[0]]
+    for n, (arch, method, budget, seed) in enumerate(todo, 1):
+        budget = 1.0 if method == "unpruned" else budget
+        key = dict(arch=arch, method=method, budget=budget, seed=seed, epochs=args.epochs,
+                   tag=args.tag)
+        if any(all(r.get(k) == v for k, v in key.items()) for r in rows):
+            continue
+        logger.info("[%d/%d] %s %s at %sx MACs, seed %d", n, len(todo), arch, method, budget, seed)
+        start = time.perf_counter()
+        result = run_method(method, arch, budget, seed, args.epochs, data, args.override)
+        row = dict(key, **result, override=args.override, seconds=time.perf_counter() - start)
+        logger.info("[%d/%d] -> %.2f%% at %.3fx MACs (%.0fs)", n, len(todo), row["acc"],
+                    row["macs"], row["seconds"])
+        rows.append(row)
+        if args.results is not None:
+            args.results.parent.mkdir(parents=True, exist_ok=True)
+            with args.results.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+    text = table([r for r in rows if r.get("epochs") == args.epochs], args.archs, args.budgets,
+                 args.methods, args.tag)
+    print(text)
+    if args.write_docs is not None:
+        write_docs(args.write_docs, text, "python benchmarks/bench_accuracy.py --data "
+                   "cifar10_train_10k.npz " + " ".join(a for a in (argv or sys.argv[1:])
+                                                       if not a.endswith(".npz")))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""The recommended PAT recipe: a complete ``pruning_config`` for a model, a budget and a run length.
+
+:func:`recommend_config` places the three phases of pruning-aware training inside a run of
+``epochs`` epochs (measured on CIFAR-10 data, see ``docs/recipes.md``):
+
+1. **Regularization** (epochs ``0 .. start_epoch - 1``): a penalty pushes only the channels the
+   schedule would prune at the MAC target (``regularize.target: "pruned"``, ranked afresh every
+   epoch) and grows linearly to full strength (``regularize.growth: "linear"``), so their norms
+   fall apart from the others before any is masked.
+2. **Masking** (``start_epoch .. end_epoch``): every epoch masks more channels, ranked across
+   layers (``global_pruning``), so that the MACs fall linearly to ``mac_target`` at
+   ``end_epoch`` (``schedule: "macs"``); the masked channels are then removed physically.
+3. **Fine-tuning**: the rest of the run trains the reduced model.
+
+The steps are MAC levels, not channel ratios, so the target is met at ``end_epoch`` however
+global ranking spreads the channels over the layers; a copy of the model is traced once to
+check that the target can be reached under ``max_pruning_rate``.
+
+Example:
+    >>> import torch, torchvision
+    >>> net = torchvision.models.resnet18(num_classes=10)
+    >>> cfg = recommend_config(net, torch.randn(1, 3, 64, 64), mac_target=0.5, epochs=30)
+    >>> cfg["channel_sparsity_args"]["start_epoch"], cfg["channel_sparsity_args"]["end_epoch"]
+    (6, 14)
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from typing import Any, Dict, List, Sequence, Union
+
+import torch
+from torch import nn
+
+from ..channel.pruner import ChannelPruner
+from ..config.models import ChannelSparsityArgs
+from ..core.masks import MaskSet
+
+__all__ = ["recommend_config", "RECIPE"]
+
+logger = logging.getLogger(__name__)
+
+#: The recipe's settings (fractions of the run and penalty), documented in docs/recipes.md.
+RECIPE: Dict[str, Any] = {
+    "start": 0.2,          # masking starts after this fraction of the epochs (regularization before)
+    "end": 0.5,            # and ends by this fraction (fine-tuning after)
+    "reg": 0.2,            # strength of the focused penalty at full growth
+    "method": "GroupNormPruner",
+    "global_pruning": True,
+    "max_pruning_rate": 0.9,
+}
+
+
+def _shapes(example_inputs: Any) -> Union[List[int], List[List[int]], None]:
+    if isinstance(example_inputs, torch.Tensor):
+        return list(example_inputs.shape)
+    if isinstance(example_inputs, (list, tuple)) and all(
+            isinstance(t, torch.Tensor) for t in example_inputs):
+        return [list(t.shape) for t in example_inputs]
+    return None
+
+
+def _check_reachable(model: nn.Module, example_inputs: Any, channel: Dict[str, Any]) -> None:
+    """Warn when the pruner's own selection cannot meet ``mac_target`` under the cap."""
+    probe = ChannelSparsityArgs.model_validate(dict(channel, verbose=0, regularize={"reg": 0.0}))
+    pruner = ChannelPruner(copy.deepcopy(model), probe, example_inputs=example_inputs,
+                           masks=MaskSet())
+    if not pruner._select(channel["global_prune_rate"])[2]:
+        logger.warning("mac_target %.3f cannot be met with max_pruning_rate %.2f on this "
+                       "model: the recommended schedule stops at the cap.",
+                       channel["mac_target"], channel["max_pruning_rate"])
+
+
+def recommend_config(model: nn.Module, example_inputs: Any, mac_target: float, epochs: int,
+                     *, layers: Union[str, Sequence[str]] = "all",
+                     block_size: int = 1) -> Dict[str, Any]:
+    """A complete, valid ``pruning_config`` dict for an ``epochs``-long PAT run to ``mac_target``.
+
+    Args:
+        model: the unpruned model (not changed: a copy is traced).
+        example_inputs: inputs for tracing (tensor, or list/tuple of tensors).
+        mac_target: the fraction of the model's MACs to keep, in (0, 1).
+        epochs: the length of the whole run (regularization, masking and fine-tuning).
+        layers: ``channel_sparsity_args.layers`` (``"all"``: every prunable Conv2d).
+        block_size: channels kept per layer are a multiple of it.
+
+    Returns:
+        ``{"channel_sparsity_args": {...}}``: write it to ``pruning_config.json`` as it is, or
+        change fields first (every one is documented in docs/configuration.md).
+
+    Raises:
+        ValueError: ``mac_target`` outside (0, 1) or fewer than 4 epochs.
+
+    Example:
+        >>> cfg = recommend_config(model, torch.randn(1, 3, 32, 32), 0.25, 20)  # doctest: +SKIP
+        >>> json.dump(cfg, open("runs/exp/pruning_config.json", "w"), indent=2)  # doctest: +SKIP
+    """
+    if not 0.0 < float(mac_target) < 1.0:
+        raise ValueError(f"mac_target must be in (0, 1) (the fraction of MACs kept), got "
+                         f"{mac_target}")
+    if int(epochs) < 4:
+        raise ValueError(f"epochs must be at least 4 (regularization, masking, fine-tuning), "
+                         f"got {epochs}")
+    epochs = int(epochs)
+    start = max(1, round(RECIPE["start"] * epochs))
+    end = max(start, min(epochs - 2, round(RECIPE["end"] * epochs)))
+    channel: Dict[str, Any] = {
+        "is_prune": True,
+        "pruning_method": RECIPE["method"],
+        "global_pruning": RECIPE["global_pruning"],
+        "block_size": int(block_size),
+        "start_epoch": start,
+        "end_epoch": end,
+        "epoch_rate": 1,
+        "schedule": "macs",
+        "global_prune_rate": RECIPE["max_pruning_rate"],  # with "macs": a cap on the ratio
+        "mac_target": float(mac_target),
+        "max_pruning_rate": RECIPE["max_pruning_rate"],
+        "prune_at_target": True,
+        "regularize": {"reg": RECIPE["reg"], "mac_reg": 0.0, "gamma": 1.0,
+                       "target": "pruned", "growth": "linear"},
+        "layers": layers if isinstance(layers, str) else list(layers),
+    }
+    shapes = _shapes(example_inputs)
+    if shapes is not None:
+        channel["input_shape"] = shapes
+        if isinstance(example_inputs, tuple):
+            channel["container"] = "tuple"
+    _check_reachable(model, example_inputs, channel)
+    return {"channel_sparsity_args": channel}
