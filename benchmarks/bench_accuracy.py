@@ -191,6 +191,7 @@ class Run:
         self.lr, self.batch, self.wd = lr, batch, wd
         self.gen = torch.Generator().manual_seed(seed)
         self.steps_per_epoch = math.ceil(len(data[1]) / batch)
+        self.step = self.cycle_start = 0
         self.optimizer = self.make_optimizer()
 
     def make_optimizer(self) -> torch.optim.Optimizer:
@@ -198,19 +199,25 @@ class Run:
                                nesterov=True, weight_decay=self.wd)
 
     def lr_at(self, step: int) -> float:
-        """One-cycle: linear warm-up over 15% of the run, cosine down to 0."""
-        total = self.epochs * self.steps_per_epoch
+        """One-cycle: linear warm-up over 15% of the run (or of what is left after
+        :meth:`rewind`), cosine down to 0 at the end of the run."""
+        first = self.cycle_start
+        total = self.epochs * self.steps_per_epoch - first
         warm = max(1, int(0.15 * total))
+        step -= first
         if step < warm:
             return self.lr * (0.1 + 0.9 * step / warm)
-        return self.lr * 0.5 * (1 + math.cos(math.pi * (step - warm) / (total - warm)))
+        return self.lr * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+
+    def rewind(self) -> None:
+        """Start a new one-cycle over the rest of the run (learning-rate rewinding)."""
+        self.cycle_start = self.step
 
     def train(self, loss_fn: Optional[Callable[[torch.Tensor, torch.Tensor, torch.Tensor],
                                                torch.Tensor]] = None,
               after_backward: Optional[Callable[[], None]] = None,
               epoch_end: Optional[Callable[[int], None]] = None, label: str = "") -> None:
         x_train, y_train = self.data[0], self.data[1]
-        step = 0
         for epoch in range(self.epochs):
             start = time.perf_counter()
             self.model.train()
@@ -220,7 +227,7 @@ class Run:
                 idx = order[i:i + self.batch]
                 xb, yb = augment(x_train[idx], self.gen), y_train[idx]
                 for group in self.optimizer.param_groups:
-                    group["lr"] = self.lr_at(step)
+                    group["lr"] = self.lr_at(self.step)
                 out = self.model(xb)
                 loss = F.cross_entropy(out, yb)
                 if loss_fn is not None:
@@ -231,7 +238,7 @@ class Run:
                     after_backward()
                 self.optimizer.step()
                 total += float(loss.detach())
-                step += 1
+                self.step += 1
             if epoch_end is not None:
                 epoch_end(epoch)
             logger.info("  %s epoch %2d/%d  loss %.3f  val %.2f%%  MACs %.2fM  %.0fs", label,
@@ -342,6 +349,8 @@ def run_method(method: str, arch: str, budget: float, seed: int, epochs: int,
                     run.optimizer = pruner.carry_optimizer_state(run.optimizer)
                 else:
                     run.optimizer = run.make_optimizer()
+                if override.get("rewind"):
+                    run.rewind()
                 pruner.channel_pruner.reset_optimizer = False
 
         run.train(loss_fn=loss_fn, after_backward=lambda: pruner.channel_regularize(run.model),
