@@ -286,3 +286,19 @@ def test_script_runs_headless_from_the_checkout(tmp_path) -> None:
     assert "Suggested start_epoch: 2." in proc.stdout
     assert "checkpoints: 100%" in proc.stderr  # progress bar over checkpoints
     assert _is_png(tmp_path / "out.png")
+
+
+def test_config_with_mac_target_sets_the_rate_to_the_channels_that_must_go(digits_run, tmp_path,
+                                                                           capsys) -> None:
+    """A MAC target of 0.49 needs about 30% of the channels gone (1 - sqrt(0.49)), whatever
+    global_prune_rate (here a cap of 0.9) says."""
+    run, _ = digits_run
+    config = tmp_path / "pruning_config.json"
+    config.write_text(json.dumps({"channel_sparsity_args": {
+        "start_epoch": 2, "end_epoch": 5, "global_prune_rate": 0.9, "mac_target": 0.49,
+        "schedule": "macs"}}))
+    code = main([str(run), "--config", str(config), "--out", str(tmp_path / "a.png")])
+    printed = capsys.readouterr().out
+    assert code == 0
+    assert "target rate 30%" in printed and "mac_target 0.49" in printed
+    assert "90%" not in printed

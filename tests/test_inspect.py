@@ -289,3 +289,33 @@ def test_inspect_lists_attention_modules_and_how_their_heads_are_pruned(capsys) 
     from torch_pruning.pat.tools.summary import format_summary, summarize_model
     text = format_summary(summarize_model(HeadsTransformer(), torch.randn(1, 6, 12)))
     assert "  blocks.0.attn: 4 heads, HeadsAttention (num_heads): list it in layers" in text
+
+
+def test_write_config_with_mac_target_and_epochs_writes_the_recommended_recipe(
+        tmp_path, models_file, capsys) -> None:
+    spec = f"{models_file}:classifier"
+    folder = tmp_path / "cfg"
+    args = ["inspect", "--model", spec, "--input-shape", "1,3,8,8", "--write-config",
+            str(folder), "--mac-target", "0.5", "--epochs", "20"]
+    assert main(args) == 0
+    assert "recommended recipe" in capsys.readouterr().out
+    written = json.loads((folder / "pruning_config.json").read_text())
+    model = load_model(spec)
+    expected = tp.pat.recommend_config(model, torch.randn(1, 3, 8, 8), 0.5, 20)
+    assert written == expected
+    assert load_config(folder).channel.mac_target == 0.5
+
+
+@pytest.mark.parametrize("extra, match", [
+    (["--mac-target", "0.5"], "go together"),
+    (["--epochs", "20"], "go together"),
+    (["--mac-target", "1.5", "--epochs", "20"], "mac_target must be in"),
+])
+def test_recipe_options_give_one_error_line(tmp_path, models_file, capsys, extra,
+                                            match: str) -> None:
+    args = ["inspect", "--model", f"{models_file}:classifier", "--input-shape", "1,3,8,8",
+            "--write-config", str(tmp_path / "cfg"), *extra]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and match in err
+    assert not (tmp_path / "cfg" / "pruning_config.json").exists()

@@ -10,7 +10,9 @@ dependency group of ``--model`` over every parameter coupled to it; :mod:`.analy
 defines both.
 
 The default threshold is 10% of the median channel norm of the earliest checkpoint; the target
-rate is ``--rate`` or the config's ``channel_sparsity_args.global_prune_rate``. The suggested
+rate is ``--rate``, or with a config the channels that must go to meet its ``mac_target``
+(``1 - sqrt(mac_target)``: pruning a fraction r of every layer's channels leaves about
+``(1 - r)^2`` of the MACs), or without a MAC target its ``global_prune_rate``. The suggested
 epoch is the first checkpoint whose fraction of channels below the threshold is >= the rate.
 
 This module holds the analysis and the command; the pieces live in their own modules and are
@@ -82,8 +84,13 @@ def _rate_from(rate: Optional[float], loaded: Optional[LoadedConfig]) -> tuple:
     if rate is not None:
         return rate, "--rate"
     section = loaded.config.channel_sparsity_args if loaded else None
+    where = loaded.path if loaded and loaded.path else "the config"
+    if section is not None and section.mac_target > 0:
+        # the channels that must go to meet the MAC target: removing a fraction r of the
+        # channels of every layer leaves about (1 - r)^2 of the MACs
+        rate = round(1.0 - section.mac_target ** 0.5, 4)
+        return rate, f"to reach mac_target {section.mac_target:g} in {where}, 1 - sqrt(mac_target)"
     if section is not None and section.global_prune_rate > 0:
-        where = loaded.path if loaded and loaded.path else "the config"
         return section.global_prune_rate, f"global_prune_rate in {where}"
     return None, ""
 
@@ -92,7 +99,7 @@ def _suggest(result: RunAnalysis) -> None:
     rate, thr = result.rate, result.threshold
     if rate is None:
         result.suggestion = ("No suggestion: no target rate; pass --rate or a config with "
-                             "channel_sparsity_args.global_prune_rate.")
+                             "channel_sparsity_args.mac_target or global_prune_rate.")
         return
     fr = result.fractions
     for i, f in enumerate(fr):
@@ -209,8 +216,9 @@ def _setup(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threshold", type=float,
                    help="L2 norm below which a channel counts as small (default: 10%% of the "
                         "median norm of the first checkpoint)")
-    p.add_argument("--rate", type=float, help="target fraction of small channels (default: the "
-                                              "config's global_prune_rate)")
+    p.add_argument("--rate", type=float, help="target fraction of small channels (default: from "
+                                              "the config's mac_target, else its "
+                                              "global_prune_rate)")
     p.add_argument("--out", help="picture to write (default: RUN_DIR/channel_norms.png)")
 
 

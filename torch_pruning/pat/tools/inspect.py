@@ -5,7 +5,9 @@ lists the model's Conv2d layers (name, weight shape, the dependency group their 
 channels belong to, MACs and MAC share), the MACs of every other layer type, and the groups
 as upstream's :class:`~torch_pruning.DependencyGraph` couples them. MACs come from
 ``tp.utils.count_ops_and_params`` and the listed numbers add up to its total exactly.
-``--write-config DIR`` writes a starter ``pruning_config.json`` with every field.
+``--write-config DIR`` writes a starter ``pruning_config.json`` with every field; with
+``--mac-target X --epochs N`` it writes the recommended recipe instead
+(:func:`~torch_pruning.pat.tools.recipe.recommend_config`).
 
 ``python -m torch_pruning.pat validate DIR --model module:factory`` loads ``DIR``'s config,
 resolves its layer names against the model and prints what would be pruned. Exit codes:
@@ -24,11 +26,13 @@ import argparse
 import logging
 import sys
 from pathlib import Path
-from typing import Dict
+from typing import Any, Dict, Sequence
 
 from ..config.errors import PruningConfigError
 from ..config.io import CONFIG_FILENAME, load_config
-from .model_factory import ToolError, format_shape, load_model, make_inputs, parse_input_shape
+from .model_factory import (Shape, ToolError, format_shape, load_model, make_inputs,
+                            parse_input_shape)
+from .recipe import recommend_config
 from .starter_config import starter_config, write_starter_config
 from .summary import format_summary, summarize_model
 from .validate import check_config
@@ -54,11 +58,28 @@ def _setup_inspect(p: argparse.ArgumentParser) -> None:
                    help="also write a starter pruning_config.json into DIR")
     p.add_argument("--force", action="store_true",
                    help="overwrite an existing pruning_config.json")
+    p.add_argument("--mac-target", type=float, metavar="X",
+                   help="with --epochs: write the recommended recipe (recommend_config) for "
+                        "this fraction of the MACs instead of the starter config")
+    p.add_argument("--epochs", type=int, metavar="N",
+                   help="with --mac-target: the length of the whole training run")
+
+
+def _recommended(model: Any, shapes: Sequence[Shape], mac_target: float,
+                 epochs: int) -> Dict[str, Any]:
+    try:
+        return recommend_config(model, make_inputs(shapes), mac_target, epochs)
+    except ValueError as e:
+        raise ToolError(f"--mac-target/--epochs: {e}") from e
 
 
 def _run_inspect(args: argparse.Namespace) -> int:
     try:
         shapes = parse_input_shape(args.input_shape)
+        recipe = args.mac_target is not None or args.epochs is not None
+        if recipe and (args.mac_target is None or args.epochs is None or not args.write_config):
+            raise ToolError("--mac-target and --epochs go together, with --write-config DIR: "
+                            "e.g. --write-config runs/exp --mac-target 0.5 --epochs 30")
         if args.write_config and not args.force:  # fail before the slow part
             target = Path(args.write_config)
             target = target if target.suffix == ".json" else target / CONFIG_FILENAME
@@ -68,7 +89,17 @@ def _run_inspect(args: argparse.Namespace) -> int:
         summary = summarize_model(model, make_inputs(shapes))
         title = f"{args.model}, input {' + '.join(format_shape(s) for s in shapes)}"
         sys.stdout.write(format_summary(summary, title))
-        if args.write_config:
+        if args.write_config and recipe:
+            data = _recommended(model, shapes, args.mac_target, args.epochs)
+            path = write_starter_config(args.write_config, data, force=args.force)
+            ch = data["channel_sparsity_args"]
+            sys.stdout.write(
+                f"\nWrote {path}: the recommended recipe (docs/recipes.md) for mac_target "
+                f"{args.mac_target} in {args.epochs} epochs: regularization until epoch "
+                f"{ch['start_epoch']}, masking epochs {ch['start_epoch']}-{ch['end_epoch']}, "
+                "fine-tuning after. Check it with\n"
+                f"  python -m torch_pruning.pat validate {path.parent} --model {args.model}\n")
+        elif args.write_config:
             path = write_starter_config(args.write_config, starter_config(summary, shapes),
                                         force=args.force)
             sys.stdout.write(
