@@ -404,6 +404,24 @@ def table(rows: List[Dict[str, Any]], archs: Sequence[str], budgets: Sequence[fl
     return "\n".join(out)
 
 
+def lever_table(rows: List[Dict[str, Any]]) -> str:
+    """One line per setting (``--tag``) of ``pat`` runs: mean, min, max accuracy and MACs."""
+    out = ["| setting (--tag) | model | budget | override | seeds | accuracy: mean (min-max) "
+           "| MACs reached |", "|---|---|---|---|---|---|---|"]
+    keys = sorted({(r["tag"], r["arch"], r["budget"], r["method"], r["epochs"]) for r in rows
+                   if r["method"].startswith("pat")}, key=lambda k: (k[1], -k[2], k[0]))
+    for tag, arch, budget, method, epochs in keys:
+        sel = [r for r in rows if (r["tag"], r["arch"], r["budget"], r["method"],
+                                   r["epochs"]) == (tag, arch, budget, method, epochs)]
+        accs = [r["acc"] for r in sel]
+        override = json.dumps(sel[0].get("override", {})) or "{}"
+        out.append(f"| {tag}{' (+KD)' if method == 'pat_kd' else ''} | {arch}, {epochs} epochs "
+                   f"| {budget}x | `{override}` | {len(sel)} | {statistics.mean(accs):.2f} "
+                   f"({min(accs):.2f}-{max(accs):.2f}) "
+                   f"| {statistics.mean(r['macs'] for r in sel):.3f}x |")
+    return "\n".join(out)
+
+
 def write_docs(page: Path, text: str, command: str) -> None:
     block = (f"{DOC_BEGIN}\nMeasured with `{command}` (validation accuracy on the 2,000 held-out "
              f"images, %).\n\n{text}\n{DOC_END}")
@@ -434,12 +452,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--tag", default="default", help="name of this setting in --results")
     parser.add_argument("--results", type=Path, default=None, help="JSON-lines file of runs")
     parser.add_argument("--write-docs", type=Path, default=None)
+    parser.add_argument("--lever-table", action="store_true",
+                        help="print the table of every --tag's pat runs in --results and exit")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("torch_pruning").setLevel(logging.WARNING)
     torch.set_num_threads(args.threads)
-    data = load_cifar(args.data)
     rows = load_results(args.results)
+    if args.lever_table:
+        print(lever_table(rows))
+        return 0
+    data = load_cifar(args.data)
     todo = [(a, m, b, s) for s in args.seeds for a in args.archs
             for b in args.budgets for m in args.methods if m != "unpruned" or b == args.budgets[0]]
     for n, (arch, method, budget, seed) in enumerate(todo, 1):
