@@ -247,3 +247,22 @@ def test_macs_schedule_without_a_target_is_a_config_error(tmp_path) -> None:
         "start_epoch": 1, "end_epoch": 4, "global_prune_rate": 0.5, "schedule": "macs"}}))
     with pytest.raises(tp.PruningConfigError, match="schedule"):
         tp.Pruning(SmallCNN(), tmp_path, example_inputs=torch.randn(*INPUT))
+
+
+def test_penalty_waits_for_begin_epoch_then_ramps_to_start_epoch() -> None:
+    torch.manual_seed(0)
+    model = SmallCNN()
+    cfg = {"channel_sparsity_args": {
+        "start_epoch": 4, "end_epoch": 5, "global_prune_rate": 0.5, "mac_target": 0.5,
+        "verbose": 0, "regularize": {"reg": 0.1, "growth": "linear", "begin_epoch": 2}}}
+    pruner = tp.Pruning(model, cfg, example_inputs=torch.randn(*INPUT))
+    pushed, scales = [], []
+    for epoch in range(5):
+        for p in model.parameters():
+            p.grad = torch.zeros_like(p)
+        pruner.channel_regularize(model)
+        pushed.append(any(bool(p.grad.any()) for p in model.parameters()))
+        scales.append(pruner.channel_pruner.regularizer.scale)
+        pruner.prune(model, epoch)
+    assert pushed == [False, False, True, True, True]  # dense training before begin_epoch
+    assert scales[2:] == pytest.approx([1 / 3, 2 / 3, 1.0])

@@ -181,9 +181,11 @@ class ChannelPruner:
     def regularize(self, model: nn.Module) -> None:
         """Add the channel penalty's gradient; call after ``loss.backward()``.
 
-        A no-op with ``infer``, with ``reg == mac_reg == 0`` and once the target is reached.
+        A no-op with ``infer``, with ``reg == mac_reg == 0``, before ``regularize.begin_epoch``
+        and once the target is reached.
         """
-        if self.reached_target or self.regularizer is None:
+        if (self.reached_target or self.regularizer is None
+                or self._next_epoch < self.cfg.regularize.begin_epoch):
             return
         if self._focus_epoch != self._next_epoch:
             self._refocus()
@@ -196,7 +198,8 @@ class ChannelPruner:
         self._focus_epoch = epoch
         scale = 1.0
         if reg.growth == "linear":
-            scale = min(1.0, (epoch + 1) / (self.cfg.start_epoch + 1))
+            begin = min(reg.begin_epoch, self.cfg.start_epoch)
+            scale = min(1.0, (epoch - begin + 1) / (self.cfg.start_epoch - begin + 1))
         focus = self._final_plan() if reg.target == "pruned" else None
         if focus is not None or scale != self.regularizer.scale:
             self.regularizer.focus_on(focus, scale)

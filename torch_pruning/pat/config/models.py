@@ -69,8 +69,12 @@ class RegularizeArgs(_Section):
                            "norms separate before masking starts).")
     growth: Literal["constant", "linear"] = Field(
         "constant", description="\"linear\": the strength grows from 0 to reg (and mac_reg) "
-                                "over the epochs up to start_epoch, then stays; \"constant\": "
-                                "full strength from the first step.")
+                                "over the epochs from begin_epoch up to start_epoch, then "
+                                "stays; \"constant\": full strength from the first step.")
+    begin_epoch: int = Field(
+        0, ge=0, description="The penalty starts at this epoch (none before); with growth "
+                             "\"linear\" it ramps from here to start_epoch. Dense training "
+                             "before it keeps the whole network learning.")
 
 
 class MACParams(_Section):

@@ -43,6 +43,7 @@ logger = logging.getLogger(__name__)
 
 #: The recipe's settings (fractions of the run and penalty), documented in docs/recipes.md.
 RECIPE: Dict[str, Any] = {
+    "begin": 0.0,          # the penalty starts after this fraction of the epochs
     "start": 0.2,          # masking starts after this fraction of the epochs (regularization before)
     "end": 0.5,            # and ends by this fraction (fine-tuning after)
     "reg": 0.2,            # strength of the focused penalty at full growth
@@ -104,6 +105,7 @@ def recommend_config(model: nn.Module, example_inputs: Any, mac_target: float, e
                          f"got {epochs}")
     epochs = int(epochs)
     start = max(1, round(RECIPE["start"] * epochs))
+    begin = min(start - 1, round(RECIPE["begin"] * epochs))
     end = max(start, min(epochs - 2, round(RECIPE["end"] * epochs)))
     channel: Dict[str, Any] = {
         "is_prune": True,
@@ -119,7 +121,7 @@ def recommend_config(model: nn.Module, example_inputs: Any, mac_target: float, e
         "max_pruning_rate": RECIPE["max_pruning_rate"],
         "prune_at_target": True,
         "regularize": {"reg": RECIPE["reg"], "mac_reg": 0.0, "gamma": 1.0,
-                       "target": "pruned", "growth": "linear"},
+                       "target": "pruned", "growth": "linear", "begin_epoch": begin},
         "layers": layers if isinstance(layers, str) else list(layers),
     }
     shapes = _shapes(example_inputs)
