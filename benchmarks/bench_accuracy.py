@@ -462,7 +462,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.lever_table:
         print(lever_table(rows))
         return 0
-    data = load_cifar(args.data)
+    data = None
     todo = [(a, m, b, s) for s in args.seeds for a in args.archs
             for b in args.budgets for m in args.methods if m != "unpruned" or b == args.budgets[0]]
     for n, (arch, method, budget, seed) in enumerate(todo, 1):
@@ -471,6 +471,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                    tag=args.tag)
         if any(all(r.get(k) == v for k, v in key.items()) for r in rows):
             continue
+        if data is None:
+            data = load_cifar(args.data)
         logger.info("[%d/%d] %s %s at %sx MACs, seed %d", n, len(todo), arch, method, budget, seed)
         start = time.perf_counter()
         result = run_method(method, arch, budget, seed, args.epochs, data, args.override)

@@ -43,12 +43,12 @@ logger = logging.getLogger(__name__)
 
 #: The recipe's settings (fractions of the run and penalty), documented in docs/recipes.md.
 RECIPE: Dict[str, Any] = {
-    "begin": 0.0,          # the penalty starts after this fraction of the epochs
-    "start": 0.2,          # masking starts after this fraction of the epochs (regularization before)
-    "end": 0.5,            # and ends by this fraction (fine-tuning after)
+    "begin": 0.3,          # dense training, then the focused penalty from this fraction of the run
+    "start": 0.45,         # masking starts here (the penalty has grown to full strength)
+    "end": 0.5,            # and ends here; the second half fine-tunes the reduced model
     "reg": 0.2,            # strength of the focused penalty at full growth
     "method": "GroupNormPruner",
-    "global_pruning": True,
+    "global_pruning": False,
     "max_pruning_rate": 0.9,
 }
 
