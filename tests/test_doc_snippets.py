@@ -226,6 +226,10 @@ def readme_context(ns: Dict[str, Any], tmp_path: Path, monkeypatch) -> Callable:
         elif i == 1:  # the seed's checkpoint snippet: the trained model is pruned differently
             assert ns["missing_keys"] == [] and ns["unexpected_keys"] == []
             _assert_same_outputs(ns["model"], ns["_weights_model"])
+        elif i == 2:  # the recommended recipe, written where Pruning reads it
+            written = tp.Pruning(ns["model"], ns["output_dir"], log=ns["logger"])
+            assert written.channel_pruner.cfg.mac_target == 0.25
+            assert written.channel_pruner.cfg.regularize.target == "pruned"
     return after
 
 
