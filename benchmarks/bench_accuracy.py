@@ -488,9 +488,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                  args.methods, args.tag)
     print(text)
     if args.write_docs is not None:
-        write_docs(args.write_docs, text, "python benchmarks/bench_accuracy.py --data "
-                   "cifar10_train_10k.npz " + " ".join(a for a in (argv or sys.argv[1:])
-                                                       if not a.endswith(".npz")))
+        command = (f"python benchmarks/bench_accuracy.py --data cifar10_train_10k.npz "
+                   f"--archs {' '.join(args.archs)} --methods {' '.join(args.methods)} "
+                   f"--budgets {' '.join(map(str, args.budgets))} "
+                   f"--seeds {' '.join(map(str, args.seeds))} --epochs {args.epochs}")
+        write_docs(args.write_docs, text, command)
     return 0
 
 
