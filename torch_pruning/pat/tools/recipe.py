@@ -1,27 +1,29 @@
 """The recommended PAT recipe: a complete ``pruning_config`` for a model, a budget and a run length.
 
-:func:`recommend_config` places the three phases of pruning-aware training inside a run of
-``epochs`` epochs (measured on CIFAR-10 data, see ``docs/recipes.md``):
+:func:`recommend_config` places the phases of pruning-aware training inside a run of ``epochs``
+epochs, with the settings measured on CIFAR-10 data (``docs/recipes.md``, ``RECIPE`` below):
 
-1. **Regularization** (epochs ``0 .. start_epoch - 1``): a penalty pushes only the channels the
-   schedule would prune at the MAC target (``regularize.target: "pruned"``, ranked afresh every
-   epoch) and grows linearly to full strength (``regularize.growth: "linear"``), so their norms
-   fall apart from the others before any is masked.
-2. **Masking** (``start_epoch .. end_epoch``): every epoch masks more channels, ranked across
-   layers (``global_pruning``), so that the MACs fall linearly to ``mac_target`` at
-   ``end_epoch`` (``schedule: "macs"``); the masked channels are then removed physically.
-3. **Fine-tuning**: the rest of the run trains the reduced model.
+1. **Dense training** (the first 30%): no penalty, the whole network learns.
+2. **Focused penalty** (30% to 45%, ``regularize.begin_epoch`` to ``start_epoch``): only the
+   channels the schedule would prune at the MAC target are pushed (``regularize.target:
+   "pruned"``, ranked afresh every epoch), with a strength growing linearly to ``reg``
+   (``regularize.growth: "linear"``), so their norms fall apart from the others before any is
+   masked.
+3. **Masking** (45% to 50%, ``start_epoch`` to ``end_epoch``): each epoch lands on a MAC level
+   falling linearly to ``mac_target`` (``schedule: "macs"``), whatever the ranking; the masked
+   channels are then removed physically.
+4. **Fine-tuning**: the second half trains the reduced model.
 
-The steps are MAC levels, not channel ratios, so the target is met at ``end_epoch`` however
-global ranking spreads the channels over the layers; a copy of the model is traced once to
-check that the target can be reached under ``max_pruning_rate``.
+A copy of the model is traced once to check that the target can be reached under
+``max_pruning_rate``.
 
 Example:
     >>> import torch, torchvision
     >>> net = torchvision.models.resnet18(num_classes=10)
     >>> cfg = recommend_config(net, torch.randn(1, 3, 64, 64), mac_target=0.5, epochs=30)
-    >>> cfg["channel_sparsity_args"]["start_epoch"], cfg["channel_sparsity_args"]["end_epoch"]
-    (6, 14)
+    >>> ch = cfg["channel_sparsity_args"]
+    >>> ch["regularize"]["begin_epoch"], ch["start_epoch"], ch["end_epoch"]
+    (9, 14, 15)
 """
 
 from __future__ import annotations
