@@ -131,9 +131,12 @@ def resolve_layers(model: nn.Module, layers: Union[str, Sequence[str]],
         if name not in named:
             close = difflib.get_close_matches(name, prunable, n=5, cutoff=0.5) or \
                 difflib.get_close_matches(name, list(named), n=5, cutoff=0.5)
-            hint = (f"; close matches: {', '.join(close)}" if close else
-                    f"; the model's Conv2d layers are: {', '.join(prunable[:20])}"
-                    + (" ..." if len(prunable) > 20 else ""))
+            listed = close or prunable[:20]
+            hint = ("; close matches: " if close else
+                    "; the model's prunable layers (Conv2d, ConvTranspose2d, Linear) are: ")
+            hint += ", ".join(f"{n} ({type(named[n]).__name__})" for n in listed)
+            if not close and len(prunable) > 20:
+                hint += f" ... ({len(prunable)} in all)"
             raise PruningConfigError(f"{LAYERS_FIELD}: no module named '{raw}' in "
                                      f"{type(model).__name__}{hint}", source=source,
                                      field=LAYERS_FIELD)

@@ -72,6 +72,8 @@ class ChannelPruner:
         write_back: called with ``{"reach_mac_target": True, "log_str": summary}`` when the
             target is met (the facade writes them into ``config_path``); may raise OSError.
         log: a user log receiving the same lines as the ``torch_pruning.pat`` logger.
+        inputs_field: where ``example_inputs`` came from, named when the model cannot run on
+            them (``channel_sparsity_args.input_shape``, or ``example_inputs`` of Pruning).
 
     Attributes:
         reset_optimizer: set True after a physical removal; the user re-creates the optimizer
@@ -94,8 +96,10 @@ class ChannelPruner:
     def __init__(self, model: nn.Module, cfg: ChannelSparsityArgs, *, example_inputs: Any,
                  forward_fn: Optional[Callable[[nn.Module, Any], Any]] = None, masks: MaskSet,
                  config_path: Optional[Path] = None, write_back: Optional[WriteBack] = None,
-                 log: Optional[UserLog] = None) -> None:
+                 log: Optional[UserLog] = None,
+                 inputs_field: str = "example_inputs") -> None:
         self.cfg = cfg
+        self.inputs_field = inputs_field
         self.write_back = write_back
         self.masks = masks
         self.config_path = Path(config_path) if config_path is not None else None
@@ -136,7 +140,8 @@ class ChannelPruner:
         the warnings already given at construction out of the log (debug level)."""
         cfg = self.cfg
         warn = logging.DEBUG if rebuild else logging.WARNING
-        self.graph = build_graph(model, self.example_inputs, self.forward_fn)
+        self.graph = build_graph(model, self.example_inputs, self.forward_fn,
+                                 source=self._source, inputs_field=self.inputs_field)
         groups = select_groups(model, self.graph, cfg.layers, source=self._source,
                                log=self.log if announce else None, quiet=rebuild)
         self._counter: Optional[MacCounter] = None  # built on first use (it traces once more)

@@ -231,12 +231,17 @@ REQUIRED_WHEN_ENABLED: Dict[str, List[str]] = {
     "slice_sparsity_args": SliceSparsityArgs.model_config["json_schema_extra"]["else"]["required"],
 }
 
-# Keys older configs carry: accepted with a warning that names their replacement.
+# Keys older configs carry, per object (its dotted path): accepted with a warning that names
+# their replacement (a path inside the section), then ignored.
 DEPRECATED_KEYS: Dict[str, Dict[str, str]] = {
     "channel_sparsity_args": {
         "alpha_shrinkage_reg": "regularize.gamma",
         "gamma_reg": "regularize.mac_reg",
         "reg": "regularize.reg",
+    },
+    "channel_sparsity_args.regularize": {
+        "alpha_shrinkage_reg": "regularize.gamma",
+        "gamma_reg": "regularize.mac_reg",
     },
     "slice_sparsity_args": {},
 }

@@ -140,7 +140,9 @@ def _run_validate(args: argparse.Namespace) -> int:
                           "channel_sparsity_args.input_shape")
         container = section.container if section is not None else None
         model = load_model(args.model)
-        report = check_config(loaded, model, make_inputs(shapes, container))
+        report = check_config(loaded, model, make_inputs(shapes, container),
+                              inputs_field=("--input-shape" if args.input_shape
+                                            else "channel_sparsity_args.input_shape"))
     except (ToolError, PruningConfigError) as e:
         return _error(str(e))
     sys.stdout.write(report.text())

@@ -1,0 +1,149 @@
+"""What a new user hit (issue 17), each reproduced the way the user did it.
+
+Item 3: config mistakes get precise errors naming the file, the field and what is allowed, from
+``Pruning(...)`` and from ``validate`` alike (one ``error:`` line, exit code 2).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from pathlib import Path
+from typing import Any, Dict
+
+import pytest
+import torch
+from torch import nn
+
+from torch_pruning.pat.config.errors import PruningConfigError
+from torch_pruning.pat.config.io import load_config
+from torch_pruning.pat.tools.cli import main
+from torch_pruning.utils import Pruning
+
+#: A one-channel model written to a file, as a user's ``--model net.py:make_net``.
+NET_PY = '''
+from torch import nn
+
+def make_net():
+    return nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                         nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 32), nn.ReLU(),
+                         nn.Linear(32, 10))
+'''
+
+CHANNEL = {"start_epoch": 1, "end_epoch": 3, "global_prune_rate": 0.5, "mac_target": 0.7,
+           "layers": ["0", "3"], "input_shape": [1, 1, 16, 16],
+           "regularize": {"reg": 1e-3}}
+
+
+def _net() -> nn.Module:
+    namespace: Dict[str, Any] = {}
+    exec(NET_PY, namespace)  # the same model validate builds from the file
+    return namespace["make_net"]()
+
+
+def _folder(tmp_path: Path, data: Dict[str, Any]) -> Path:
+    folder = tmp_path / "run"
+    folder.mkdir(exist_ok=True)
+    (folder / "pruning_config.json").write_text(json.dumps(data, indent=4))
+    (tmp_path / "net.py").write_text(NET_PY)
+    return folder
+
+
+def _validate(tmp_path: Path, folder: Path, *extra: str) -> int:
+    return main(["validate", str(folder), "--model", f"{tmp_path / 'net.py'}:make_net", *extra])
+
+
+def test_wrong_input_shape_names_file_field_and_torch_message(tmp_path: Path, capsys) -> None:
+    channel = dict(CHANNEL, input_shape=[1, 3, 16, 16])  # 3 channels for a 1-channel model
+    folder = _folder(tmp_path, {"channel_sparsity_args": channel})
+    path = str(folder / "pruning_config.json")
+    with pytest.raises(PruningConfigError) as err:
+        Pruning(_net(), folder)
+    msg = str(err.value)
+    assert msg.startswith(path) and err.value.field == "channel_sparsity_args.input_shape"
+    assert "channel_sparsity_args.input_shape" in msg and "[1, 3, 16, 16]" in msg
+    assert "expected input[1, 3, 16, 16] to have 1 channels" in msg  # torch's own words
+
+    assert _validate(tmp_path, folder) == 2
+    out = capsys.readouterr()
+    lines = out.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in out.err
+    assert path in lines[0] and "channel_sparsity_args.input_shape" in lines[0]
+    assert "expected input[1, 3, 16, 16]" in lines[0]
+
+    assert _validate(tmp_path, folder, "--input-shape", "1,3,16,16") == 2
+    assert "--input-shape" in capsys.readouterr().err
+
+
+def test_wrong_example_inputs_name_example_inputs(tmp_path: Path) -> None:
+    folder = _folder(tmp_path, {"channel_sparsity_args": CHANNEL})
+    with pytest.raises(PruningConfigError, match=r"example_inputs: Sequential cannot run on "
+                                                 r"example inputs of shape \[2, 3, 8, 8\]") as err:
+        Pruning(_net(), folder, example_inputs=torch.randn(2, 3, 8, 8))
+    assert err.value.field == "example_inputs"
+    assert str(folder / "pruning_config.json") in str(err.value)
+
+
+def test_misspelled_required_key_names_the_typo(tmp_path: Path, capsys) -> None:
+    channel = dict(CHANNEL)
+    channel["global_prune_rat"] = channel.pop("global_prune_rate")
+    folder = _folder(tmp_path, {"channel_sparsity_args": channel})
+    with pytest.raises(PruningConfigError, match=r"channel_sparsity_args\.global_prune_rate: "
+                                                 r"required field is missing; the config has "
+                                                 r"the unknown key 'channel_sparsity_args\."
+                                                 r"global_prune_rat'.*rename"):
+        Pruning(_net(), folder)
+    assert _validate(tmp_path, folder) == 2
+    assert "global_prune_rat'" in capsys.readouterr().err
+
+
+def test_unknown_layer_lists_candidates_with_their_types(tmp_path: Path) -> None:
+    folder = _folder(tmp_path, {"channel_sparsity_args": dict(CHANNEL, layers=["conv9"])})
+    with pytest.raises(PruningConfigError) as err:
+        Pruning(_net(), folder)
+    msg = str(err.value)
+    assert "no module named 'conv9'" in msg and "Conv2d layers are" not in msg
+    assert "0 (Conv2d), 3 (Conv2d), 7 (Linear), 9 (Linear)" in msg
+
+
+@pytest.mark.parametrize("old, new", [("alpha_shrinkage_reg", "regularize.gamma"),
+                                      ("gamma_reg", "regularize.mac_reg")])
+def test_old_keys_inside_regularize_are_accepted_with_a_warning(tmp_path: Path, old: str,
+                                                                new: str, caplog) -> None:
+    channel = copy.deepcopy(CHANNEL)
+    channel["regularize"][old] = 0.5
+    folder = _folder(tmp_path, {"channel_sparsity_args": channel})
+    with caplog.at_level(logging.WARNING, logger="torch_pruning.pat"), \
+            pytest.warns(DeprecationWarning, match=rf"regularize\.{old} is deprecated.*{new}"):
+        pruner = Pruning(_net(), folder)
+    assert pruner.channel_pruner.enabled and pruner.config.channel.regularize.reg == 1e-3
+    assert any(f"use channel_sparsity_args.{new} instead" in r.getMessage()
+               for r in caplog.records)
+
+
+@pytest.mark.parametrize("section, body", [
+    ("channel_sparsity_args", {"is_prune": False, "layers": []}),
+    ("channel_sparsity_args", {"is_prune": False}),
+    ("slice_sparsity_args", {"is_prune": False, "layers": [], "block_size": 0}),
+])
+def test_disabled_section_needs_nothing_else(tmp_path: Path, section: str, body: Dict) -> None:
+    folder = _folder(tmp_path, {section: body})
+    loaded = load_config(folder)
+    assert loaded.channel is None and loaded.slice is None
+    pruner = Pruning(_net(), folder)
+    assert not pruner.enabled
+
+
+def test_disabled_section_keeps_its_valid_fields(tmp_path: Path) -> None:
+    folder = _folder(tmp_path, {"channel_sparsity_args": {"is_prune": False, "layers": [],
+                                                          "input_shape": [1, 1, 8, 8]}})
+    section = load_config(folder).config.channel_sparsity_args
+    assert section.is_prune is False and section.input_shape == [1, 1, 8, 8]
+
+
+def test_disabled_section_still_needs_a_boolean_is_prune(tmp_path: Path) -> None:
+    folder = _folder(tmp_path, {"channel_sparsity_args": {"is_prune": "no"}})
+    with pytest.raises(PruningConfigError, match="channel_sparsity_args"):
+        load_config(folder)
