@@ -147,3 +147,79 @@ def test_disabled_section_still_needs_a_boolean_is_prune(tmp_path: Path) -> None
     folder = _folder(tmp_path, {"channel_sparsity_args": {"is_prune": "no"}})
     with pytest.raises(PruningConfigError, match="channel_sparsity_args"):
         load_config(folder)
+
+
+# ---------------------------------------------------------------- item 2: a finished config reused
+def _finished_run(tmp_path: Path) -> Path:
+    """A run that reached its target: its config now holds reach_mac_target and log_str."""
+    folder = _folder(tmp_path, {"channel_sparsity_args": dict(
+        CHANNEL, prune_channels_at_init=True, global_prune_rate=0.5, mac_target=0.0)})
+    model = _net()
+    pruner = Pruning(model, folder)
+    pruner.prune(model, 0)
+    saved = json.loads((folder / "pruning_config.json").read_text())["channel_sparsity_args"]
+    assert saved["reach_mac_target"] is True and "MACs:" in saved["log_str"]
+    return folder
+
+
+class _UserLog:
+    def __init__(self) -> None:
+        self.infos: list = []
+        self.warnings: list = []
+
+    def info(self, msg: str) -> None:
+        self.infos.append(msg)
+
+    def warning(self, msg: str) -> None:
+        self.warnings.append(msg)
+
+
+def test_finished_config_on_a_fresh_model_warns_and_logs_measured_macs(
+        tmp_path: Path, caplog, capsys) -> None:
+    done = _finished_run(tmp_path)
+    fresh_run = tmp_path / "fresh"
+    fresh_run.mkdir()
+    (fresh_run / "pruning_config.json").write_text((done / "pruning_config.json").read_text())
+    model, log = _net(), _UserLog()
+    from torch_pruning.pat.core.macs import MacCounter
+    fresh_macs = MacCounter(model, torch.randn(1, 1, 16, 16)).base_macs
+    pruner = Pruning(model, fresh_run, log=log)
+    with caplog.at_level(logging.INFO, logger="torch_pruning.pat"):
+        for epoch in range(3):
+            pruner.prune(model, epoch, log=log)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and log.warnings == warnings
+    msg = warnings[0]
+    path = str(fresh_run / "pruning_config.json")
+    assert path in msg and "reach_mac_target is true" in msg
+    assert f"{fresh_macs:,.0f}" in msg and "load_state_dict_pruned" in msg
+    assert "reach_mac_target to false" in msg
+    from torch_pruning.pat.channel.progress import stored_macs
+    base, pruned = stored_macs(pruner.config.channel.log_str)
+    assert base == pytest.approx(fresh_macs, rel=1e-3) and pruned < base
+    # every epoch: one short line whose MACs are the model's own, not the stored result
+    from torch_pruning.pat.util.log import human_count
+    done_lines = [line for line in log.infos if line.startswith("Channel pruning done")]
+    assert len(done_lines) == 3
+    assert all(f"MACs {human_count(fresh_macs)} " in line for line in done_lines)
+    assert sum("Channel pruning summary" in line for line in log.infos) == 1
+
+    assert _validate(tmp_path, fresh_run) == 1
+    err = capsys.readouterr().err
+    assert path in err and "load_state_dict_pruned" in err and "reach_mac_target to false" in err
+
+
+def test_finished_config_with_the_pruned_checkpoint_is_quiet(tmp_path: Path, caplog) -> None:
+    done = _finished_run(tmp_path)
+    model = _net()
+    first = Pruning(model, {"channel_sparsity_args": dict(
+        CHANNEL, prune_channels_at_init=True, global_prune_rate=0.5, mac_target=0.0)})
+    first.prune(model, 0)
+    from torch_pruning import load_state_dict_pruned
+    restarted, _, _ = load_state_dict_pruned(_net(), model.state_dict())
+    pruner = Pruning(restarted, done)
+    with caplog.at_level(logging.INFO, logger="torch_pruning.pat"):
+        pruner.prune(restarted, 5)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert any(r.getMessage().startswith("Channel pruning done (epoch 5)")
+               for r in caplog.records)

@@ -28,6 +28,7 @@ from torch import nn
 
 from ..channel.group import ChannelGroup
 from ..channel.grouping import select_groups
+from ..channel.progress import finished_config_mismatch, stored_macs
 from ..channel.tracing import build_graph
 from ..config.io import LoadedConfig
 from ..config.models import ChannelSparsityArgs, SliceSparsityArgs
@@ -89,6 +90,14 @@ def _channel_plan(cfg: ChannelSparsityArgs, model: nn.Module, inputs: Any,
              f"  model MACs {human_count(macs)} (counted as the pruner counts them)"
              + (f"; the target is {human_count(macs * cfg.mac_target)}" if cfg.mac_target
                 else "")]
+    if cfg.reach_mac_target:
+        mismatch = finished_config_mismatch(cfg, macs, source)
+        if mismatch:
+            lines.append(f"  warning: {mismatch}")
+            return lines, f"channel pruning would prune nothing: {mismatch}"
+        lines.append("  reach_mac_target is true: channel pruning is finished, prune() "
+                     "prunes no more channels" + (" (the model's MACs match the stored result)"
+                                                  if stored_macs(cfg.log_str) else ""))
     total_pruned = 0
     for g in selected:
         n = math.floor(g.channels * rate + 1e-9)
