@@ -223,3 +223,39 @@ def test_finished_config_with_the_pruned_checkpoint_is_quiet(tmp_path: Path, cap
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert any(r.getMessage().startswith("Channel pruning done (epoch 5)")
                for r in caplog.records)
+
+
+# ---------------------------------------------------------------- item 5: logs a person can read
+def _deep_cnn(depth: int) -> nn.Module:
+    layers: list = [nn.Conv2d(3, 8, 3, padding=1), nn.ReLU()]
+    for _ in range(depth - 1):
+        layers += [nn.Conv2d(8, 8, 3, padding=1), nn.ReLU()]
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
+
+
+def test_group_listing_is_bounded_at_info_and_complete_at_debug(caplog) -> None:
+    from torch_pruning.pat.channel.grouping import LISTED_GROUPS
+
+    model, log = _deep_cnn(LISTED_GROUPS + 5), _UserLog()
+    config = {"channel_sparsity_args": dict(CHANNEL, layers="all", input_shape=[1, 3, 8, 8])}
+    with caplog.at_level(logging.DEBUG, logger="torch_pruning.pat"):
+        pruner = Pruning(model, config, log=log)
+    groups = len(pruner.channel_pruner.groups)
+    assert groups == LISTED_GROUPS + 5
+    user_text = "\n".join(log.infos)
+    assert user_text.count("Group number") == LISTED_GROUPS  # the user's log: bounded
+    assert "5 more groups" in user_text and f"There are {groups} groups" in user_text
+    debug = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
+    assert sum("Group number" in m for m in debug) == 5  # the rest, at DEBUG
+    assert any(m.startswith(f"All {groups} source convs:") for m in debug)
+
+
+def test_linear_groups_say_source_layer(caplog) -> None:
+    from models.transformer import MLP_LAYERS, TinyTransformer, one_epoch_config
+
+    log = _UserLog()
+    config = one_epoch_config(MLP_LAYERS, input_shape=[1, 3, 16, 16])
+    Pruning(TinyTransformer(), config, log=log)
+    text = "\n".join(log.infos)
+    assert f"Source layer: {MLP_LAYERS[0]}" in text and "Source conv" not in text
+    assert "with the following source layers:" in text

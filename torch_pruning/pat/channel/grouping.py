@@ -306,8 +306,22 @@ def select_groups(model: nn.Module, DG: DependencyGraph, layers: Union[str, Sequ
     return groups
 
 
-def log_groups(groups: Sequence[ChannelGroup], log: Optional[UserLog] = None) -> None:
-    """Log every group in the seed's format, then the summary line.
+#: Groups listed one by one at INFO at construction; the rest (and all of them) at DEBUG.
+LISTED_GROUPS = 10
+
+
+def _is_conv_group(g: ChannelGroup) -> bool:
+    return isinstance(g.root, nn.modules.conv._ConvNd) and g.heads is None
+
+
+def log_groups(groups: Sequence[ChannelGroup], log: Optional[UserLog] = None,
+               listed: int = LISTED_GROUPS) -> None:
+    """Log the groups in the seed's format, then the summary line.
+
+    The first ``listed`` groups go to INFO (and the user's ``log``); the others to DEBUG only
+    (``logging.getLogger("torch_pruning.pat").setLevel(logging.DEBUG)`` shows every group), with
+    one INFO line saying how many were left out. A group rooted at a Linear layer or attention
+    says "Source layer" (the seed's "Source conv" for convolutions).
 
     Example output::
 
@@ -320,10 +334,21 @@ def log_groups(groups: Sequence[ChannelGroup], log: Optional[UserLog] = None) ->
         There are 1 groups of layers, with the following source convs:
         ['layer1.conv1']
     """
-    for g in groups:
-        lines = ["*************", f"Group number {g.number}:", f"Source conv: {g.source}",
+    for i, g in enumerate(groups):
+        kind = "conv" if _is_conv_group(g) else "layer"
+        lines = ["*************", f"Group number {g.number}:", f"Source {kind}: {g.source}",
                  "Dependencies:"] + (g.dependencies or ["(none)"])
-        emit("\n".join(lines), log, logger=logger)
+        emit("\n".join(lines), log, logging.INFO if i < listed else logging.DEBUG,
+             logger=logger)
     emit("*************", log, logger=logger)
-    emit(f"There are {len(groups)} groups of layers, with the following source convs:\n"
-         f"{[g.source for g in groups]}", log, logger=logger)
+    kind = "convs" if all(_is_conv_group(g) for g in groups) else "layers"
+    sources = [g.source for g in groups]
+    if len(groups) > listed:
+        emit(f"... {len(groups) - listed} more groups (numbers {listed + 1}-{len(groups)}) are "
+             "listed at DEBUG level on the torch_pruning.pat logger", log, logger=logger)
+        emit(f"There are {len(groups)} groups of layers, with the following source {kind} "
+             f"(first {listed}):\n{sources[:listed]} ...", log, logger=logger)
+        emit(f"All {len(groups)} source {kind}: {sources}", log, logging.DEBUG, logger=logger)
+    else:
+        emit(f"There are {len(groups)} groups of layers, with the following source {kind}:\n"
+             f"{sources}", log, logger=logger)

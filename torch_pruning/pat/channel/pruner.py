@@ -440,12 +440,15 @@ class ChannelPruner:
         target = (f"target {self.cfg.mac_target:.2%}" if self.cfg.mac_target > 0
                   else "no MAC target")
         latency = self.cfg.cost == "latency"
+        convs = all(isinstance(g.root, nn.modules.conv._ConvNd) and g.heads is None
+                    for g in self.groups)
+        kind = "conv" if convs else "layer"
         lines = [(f"Channel pruning summary ({self.cfg.pruning_method.value}, epoch {epoch}, "
                   f"channel ratio {self._ratio:.4f}):"),
                  (f"MACs: {human_count(base_macs)} -> {human_count(macs)} "
                   f"({macs / base_macs:.2%} of original{'' if latency else '; ' + target})"),
                  f"Params: {human_count(base_params)} -> {human_count(params)}",
-                 "Channels kept per group (source conv: kept/original):"]
+                 f"Channels kept per group (source {kind}: kept/original):"]
         if latency:
             ms = self._cost(self._pruned)
             lines.insert(2, f"Estimated latency: {self.base_cost:.3f} ms -> {ms:.3f} ms "
