@@ -259,3 +259,49 @@ def test_linear_groups_say_source_layer(caplog) -> None:
     text = "\n".join(log.infos)
     assert f"Source layer: {MLP_LAYERS[0]}" in text and "Source conv" not in text
     assert "with the following source layers:" in text
+
+
+# ---------------------------------------------------------------- item 8: "all" on today's models
+def _torchvision(name: str) -> tuple:
+    import torchvision
+
+    import torch_pruning as tp
+
+    if name == "vit_b_16":
+        model = torchvision.models.vit_b_16(weights=None, image_size=32)
+        tp.pat.split_multihead_attention(model)
+        return model, [1, 3, 32, 32]
+    return getattr(torchvision.models, name)(weights=None), [1, 3, 64, 64]
+
+
+ALL_CONFIG = {"start_epoch": 0, "end_epoch": 3, "global_prune_rate": 0.5, "mac_target": 0.6,
+              "layers": "all"}
+
+
+@pytest.mark.parametrize("name, kinds", [
+    ("convnext_tiny", {"Linear"}),            # its width lives in the blocks' MLP Linear layers
+    ("vit_b_16", {"Linear", "heads"}),        # MLP hidden layers and whole attention heads
+])
+def test_all_selects_linear_and_attention_groups(name: str, kinds: set) -> None:
+    model, shape = _torchvision(name)
+    pruner = Pruning(model, {"channel_sparsity_args": dict(ALL_CONFIG, input_shape=shape)})
+    groups = pruner.channel_pruner.groups
+    assert groups, f"{name}: 'all' selected no prunable group"
+    found = {"heads" if g.heads is not None else type(g.root).__name__ for g in groups}
+    assert kinds <= found
+    classifier = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)][-1]
+    assert classifier not in {g.source for g in groups}  # the final classifier is kept
+
+
+def test_all_on_a_model_upstream_cannot_trace_says_so(tmp_path: Path) -> None:
+    model, shape = _torchvision("shufflenet_v2_x0_5")
+    folder = _folder(tmp_path, {"channel_sparsity_args": dict(ALL_CONFIG, input_shape=shape)})
+    from torch_pruning.pat.channel.tracing import UntraceableModelError
+
+    with pytest.raises(UntraceableModelError) as err:
+        Pruning(model, folder)
+    msg = str(err.value)
+    assert str(folder / "pruning_config.json") in msg and "ShuffleNetV2" in msg
+    assert "DependencyGraph failed to trace" in msg and "ZeroDivisionError" in msg
+    assert "What to do" in msg and "is_prune to false" in msg
+    assert isinstance(err.value, PruningConfigError)  # validate: one error: line, exit 2

@@ -107,9 +107,28 @@ def _slices_of(dep: Dependency, idxs: torch.Tensor,
             if isinstance(getattr(m, name, None), torch.Tensor)]
 
 
+def _every_prunable_layer(named: Dict[str, nn.Module]) -> List[Tuple[str, nn.Module]]:
+    """What ``"all"`` selects: every Conv2d, ConvTranspose2d and Linear layer, and every
+    attention module (pruned by whole heads, or reported as not prunable), but not the Linear
+    projections inside an attention module (its heads are its unit). Layers whose channels are
+    model outputs (the final classifier) are skipped later by :func:`select_groups`."""
+    def attention(m: nn.Module) -> bool:  # the innermost module with a head count (a
+        # transformer block may carry num_heads too, e.g. torchvision's EncoderBlock)
+        return isinstance(m, _ATTENTION) or (bool(head_count_attr(m)) and not any(
+            isinstance(s, _ATTENTION) or head_count_attr(s) for s in m.modules() if s is not m))
+
+    kinds = {id(m): attention(m) for m in named.values()}
+    inside = {id(sub) for m in named.values() if kinds[id(m)]
+              for sub in m.modules() if sub is not m}
+    return [(n, m) for n, m in named.items() if id(m) not in inside
+            and (isinstance(m, _ROOT_TYPES) or kinds[id(m)])]
+
+
 def resolve_layers(model: nn.Module, layers: Union[str, Sequence[str]],
                    source: str = "") -> List[Tuple[str, nn.Module]]:
-    """The configured ``layers`` as ``(name, module)``; ``"all"`` = every Conv2d.
+    """The configured ``layers`` as ``(name, module)``; ``"all"`` = every layer kind the channel
+    pruner can take (Conv2d, ConvTranspose2d, Linear, attention modules; see
+    :func:`_every_prunable_layer`).
 
     Raises :class:`PruningConfigError` naming ``channel_sparsity_args.layers`` for an unknown
     name (with close matches) or a layer that is not a Conv2d/ConvTranspose2d/Linear or an
@@ -124,7 +143,7 @@ def resolve_layers(model: nn.Module, layers: Union[str, Sequence[str]],
     named = {strip_module_prefix(n): m for n, m in model.named_modules() if n}
     prunable = [n for n, m in named.items() if isinstance(m, _ROOT_TYPES)]
     if layers == "all":
-        return [(n, named[n]) for n in prunable if isinstance(named[n], nn.Conv2d)]
+        return _every_prunable_layer(named)
     out: List[Tuple[str, nn.Module]] = []
     for raw in layers:
         name = strip_module_prefix(raw)

@@ -153,7 +153,10 @@ class ChannelSparsityArgs(_Section):
                            "whole heads; torch_pruning.pat.split_multihead_attention converts "
                            "nn.MultiheadAttention); an unconverted MultiheadAttention is logged "
                            "as not pruned. "
-                           "\"all\" selects every Conv2d.")
+                           "\"all\" selects every layer of those kinds (the Linear "
+                           "projections inside an attention module go with its heads); layers "
+                           "whose channels are model outputs, like the final classifier, are "
+                           "kept.")
     input_shape: Optional[Union[Shape, List[Shape]]] = Field(
         None, description="Dummy input shape [B,C,H,W] (or a list of shapes) for graph "
                           "tracing, unless example_inputs is passed to Pruning.")
