@@ -305,3 +305,95 @@ def test_all_on_a_model_upstream_cannot_trace_says_so(tmp_path: Path) -> None:
     assert "DependencyGraph failed to trace" in msg and "ZeroDivisionError" in msg
     assert "What to do" in msg and "is_prune to false" in msg
     assert isinstance(err.value, PruningConfigError)  # validate: one error: line, exit 2
+
+
+# ---------------------------------------------------------------- item 1: validate every example
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+#: Each example's model, built the way the example builds it (examples/*.py).
+FACTORIES = f'''
+import sys
+sys.path.insert(0, {str(EXAMPLES)!r})
+import torch_pruning as tp
+from digits_pat import DigitsNet
+import infer_rebuild, resume, transformer_heads, two_inputs
+
+def digits():
+    return DigitsNet()
+
+def digits16():
+    return DigitsNet(16)
+
+def infer():
+    return DigitsNet(infer_rebuild.WIDTH)
+
+def resumed():
+    return DigitsNet(resume.WIDTH)
+
+def vit():
+    model = transformer_heads.DigitsViT()
+    tp.pat.split_multihead_attention(model)  # as the example does before Pruning(...)
+    return model
+
+def two():
+    return two_inputs.TwoStreamNet()
+'''
+
+#: config file -> (factory, input shape as the example's example_inputs)
+EXAMPLE_MODELS = {
+    "digits_pat_config.json": ("digits", "1,1,8,8"),
+    "digits_pat_config_quick.json": ("digits", "1,1,8,8"),
+    "ddp_pat_config.json": ("digits16", "1,1,8,8"),
+    "infer_rebuild_config.json": ("infer", "1,1,8,8"),
+    "one_shot_config.json": ("digits16", "1,1,8,8"),
+    "resume_config.json": ("resumed", "1,1,8,8"),
+    "transformer_heads_config.json": ("vit", "1,1,8,8"),
+    "two_inputs_config.json": ("two", "1,1,8,8;1,1,8,8"),
+}
+
+
+def test_every_example_config_is_listed() -> None:
+    assert sorted(p.name for p in EXAMPLES.glob("*.json")) == sorted(EXAMPLE_MODELS)
+
+
+@pytest.mark.parametrize("config", sorted(EXAMPLE_MODELS))
+def test_validate_accepts_every_example_config(config: str, tmp_path: Path, capsys) -> None:
+    factory, shape = EXAMPLE_MODELS[config]
+    (tmp_path / "factories.py").write_text(FACTORIES)
+    run = tmp_path / "run"
+    run.mkdir()
+    if config.startswith("digits_pat"):  # the example completes its config in code
+        import sys
+        sys.path.insert(0, str(EXAMPLES))
+        try:
+            from digits_pat import write_config
+        finally:
+            sys.path.remove(str(EXAMPLES))
+        write_config(EXAMPLES / config, run, epochs=6)
+    else:
+        (run / "pruning_config.json").write_text((EXAMPLES / config).read_text())
+    code = main(["validate", str(run), "--model", f"{tmp_path / 'factories.py'}:{factory}",
+                 "--input-shape", shape])
+    out = capsys.readouterr()
+    assert code == 0, out.out + out.err
+    assert "OK: the config prunes the layers listed above." in out.out
+
+
+def test_inspect_lists_linear_and_attention_prunable_layers(tmp_path: Path, capsys) -> None:
+    (tmp_path / "factories.py").write_text(FACTORIES)
+    code = main(["inspect", "--model", f"{tmp_path / 'factories.py'}:vit", "--input-shape",
+                 "1,1,8,8"])
+    out = capsys.readouterr().out
+    assert code == 0
+    section = out.split("Prunable Linear and attention layers", 1)[1]
+    assert "encoder.layers.0.linear1 (Linear)" in section  # the MLP hidden layer
+    assert "heads of encoder.layers.0.self_attn" in section  # whole heads
+    # the same groups Pruning builds with "all" (one code path)
+    from torch_pruning.pat.tools.model_factory import load_model
+
+    model = load_model(f"{tmp_path / 'factories.py'}:vit")
+    pruner = Pruning(model, {"channel_sparsity_args": dict(
+        ALL_CONFIG, input_shape=[1, 1, 8, 8])})
+    for g in pruner.channel_pruner.groups:
+        if not isinstance(g.root, nn.Conv2d):
+            assert f"  {g.source} (" in section
