@@ -397,3 +397,43 @@ def test_inspect_lists_linear_and_attention_prunable_layers(tmp_path: Path, caps
     for g in pruner.channel_pruner.groups:
         if not isinstance(g.root, nn.Conv2d):
             assert f"  {g.source} (" in section
+
+
+# ---------------------------------------------------------------- item 7: Python versions
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _python310() -> str:
+    import glob
+    import shutil
+
+    found = sorted(glob.glob("/root/.pyenv/versions/3.10*/bin/python")) + \
+        [p for p in [shutil.which("python3.10")] if p]
+    if not found:
+        pytest.skip("no Python 3.10 interpreter on this machine")
+    return found[0]
+
+
+def test_setup_reads_pyproject_on_python_310(tmp_path: Path) -> None:
+    """.ci/setup-venv parsed pyproject.toml with tomllib (3.11+) and failed on 3.10; on 3.10 it
+    now installs tomli and .ci/requirements.py falls back on it (here: pip's vendored copy)."""
+    import subprocess
+
+    python = _python310()
+    no_tomllib = subprocess.run([python, "-c", "import tomllib"], capture_output=True)
+    assert no_tomllib.returncode != 0
+    (tmp_path / "tomli.py").write_text("from pip._vendor.tomli import load, loads  # noqa\n")
+    out = subprocess.run([python, str(ROOT / ".ci" / "requirements.py"),
+                          str(ROOT / "pyproject.toml")], capture_output=True, text=True,
+                         env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"})
+    assert out.returncode == 0, out.stderr
+    assert "torch==2.14.1" in out.stdout.splitlines()
+    script = (ROOT / ".ci" / "setup-venv").read_text()
+    assert "import tomllib" in script and "tomli" in script  # installed when tomllib is missing
+
+
+def test_the_stated_python_floor_is_310() -> None:
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert 'requires-python = ">=3.10"' in pyproject
+    readme = (ROOT / "README.md").read_text()
+    assert "Python 3.10+" in readme and "3.9+" not in readme
