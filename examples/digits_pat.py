@@ -135,7 +135,11 @@ def train(model: nn.Module, data: Tuple[torch.Tensor, ...], epochs: int, lr: flo
             torch.save({"epoch": epoch, "model": model.state_dict(),
                         "pruner": pruner.state_dict() if pruner else {}},
                        ckpt_dir / f"epoch_{epoch:03d}.pt")
-        bar.set_postfix(loss=f"{loss.item():.3f}", test_acc=f"{accuracy(model, x_test, y_test):.1f}")
+        acc = accuracy(model, x_test, y_test)
+        bar.set_postfix(loss=f"{loss.item():.3f}", test_acc=f"{acc:.1f}")
+        if bar.disable:  # no terminal (a log file, CI): the bar is off, so one line per epoch
+            print(f"{'PAT' if pruner else 'baseline'} epoch {epoch + 1}/{epochs}: "
+                  f"loss {loss.item():.3f}, test accuracy {acc:.1f}%", flush=True)
     return model
 
 

@@ -23,6 +23,7 @@ from torch_pruning.pat.config.models import ChannelSparsityArgs
 from torch_pruning.pat.config.errors import PruningConfigError
 from torch_pruning.pat.channel.tracing import build_graph
 from torch_pruning.pat.core.masks import MaskSet
+from torch_pruning.pat.util.log import human_count
 
 X = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
 
@@ -264,15 +265,21 @@ def test_several_inputs_and_a_dict_output(form: str) -> None:
     assert model(*inputs)["logits"].shape == (1, 10)
 
 
-def test_after_the_target_prune_only_logs_the_summary(caplog: pytest.LogCaptureFixture) -> None:
+def test_after_the_target_prune_only_logs_one_short_line(caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 17: the summary block is logged once, at the target; then one line per epoch
+    with the MACs measured on the model as it is."""
     model = SmallCNN()
     pruner = make(model, start_epoch=0, end_epoch=0, global_prune_rate=0.9, mac_target=0.5)
     pruner.prune(model, 0)
     shapes = [p.shape for p in model.parameters()]
     with caplog.at_level(logging.INFO, logger="torch_pruning.pat"):
         pruner.prune(model, 1)
+        pruner.prune(model, 2)
     assert [p.shape for p in model.parameters()] == shapes
-    assert caplog.records[-1].getMessage() == pruner.summary()
+    messages = [r.getMessage() for r in caplog.records]
+    assert not any("Channel pruning summary" in m for m in messages) and len(messages) == 2
+    measured = human_count(macs_of(model, X))
+    assert messages[-1].startswith(f"Channel pruning done (epoch 2): MACs {measured} (")
 
 
 @pytest.mark.parametrize("model_name", ["small", "residual", "concat"])
@@ -371,7 +378,11 @@ def test_a_finished_job_is_not_pruned_again(caplog: pytest.LogCaptureFixture) ->
                       prune_channels_at_init=True)
         pruner.prune(model, 0)
     assert "reach_mac_target is true" in caplog.text
-    assert caplog.records[-1].getMessage() == "stored summary" == pruner.summary()
+    # the stored summary once, then the short per-epoch line with the MACs measured now
+    # (issue 17: the summary is not repeated every epoch)
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages.count("stored summary") == 1 and pruner.summary() == "stored summary"
+    assert messages[-1].startswith("Channel pruning done (epoch 0): MACs ")
     assert [p.shape for p in model.parameters()] == shapes and len(masks) == 0
 
 

@@ -89,6 +89,10 @@ def test_digits_pat_quick(tmp_path: Path) -> None:
     state = channel_state(tmp_path)
     assert state["reach_mac_target"] is True and "MACs" in state["log_str"]
     assert "outputs match" in stdout
+    # stdout is a pipe here, not a terminal: one progress line per epoch instead of the bar
+    epochs = len(re.findall(r"^PAT epoch \d+/\d+: loss [\d.]+, test accuracy", stdout,
+                            re.MULTILINE))
+    assert epochs >= 2 and re.search(r"^baseline epoch 1/", stdout, re.MULTILINE)
 
 
 @pytest.mark.timeout(BUDGET["two_inputs"] + 15)

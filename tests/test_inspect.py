@@ -169,7 +169,7 @@ def test_validate_unknown_layer_lists_close_matches(resnet_inspect, tmp_path, ca
     # the channel pruner's own message: validate resolves layers as Pruning does
     assert "channel_sparsity_args.layers: no module named 'layer1.0.conv3'" in err
     matches = re.search(r"close matches: (.*)$", err, re.MULTILINE).group(1).split(", ")
-    assert {"layer1.0.conv1", "layer1.0.conv2"} <= set(matches)
+    assert {"layer1.0.conv1 (Conv2d)", "layer1.0.conv2 (Conv2d)"} <= set(matches)
 
 
 def _write(folder: Path, channel: Dict, slice_: Dict = None) -> Path:

@@ -22,11 +22,19 @@ SCRIPT = ROOT / "tests" / "upstream_compat" / "run_upstream_suite.py"
 EXIT_NO_SDIST = 3  # the script's exit status when the sdist can be neither found nor downloaded
 
 
+ANNOUNCE = ("\n[upstream-compat] running upstream Torch-Pruning's own test-suite twice (plain "
+            "upstream, then with this checkout's overlay) and comparing outcomes; this takes "
+            "several minutes\n")
+
+
 @pytest.mark.slow
-def test_upstream_suite_has_same_outcomes_with_overlay(tmp_path):
+def test_upstream_suite_has_same_outcomes_with_overlay(tmp_path, capsys):
     summary_path = tmp_path / "summary.json"
     cmd = [sys.executable, str(SCRIPT), "--jobs", "2", "--timeout", "900",
            "--workdir", str(tmp_path / "work"), "--summary-json", str(summary_path)]
+    with capsys.disabled():  # a person watching the test run sees why it sits here
+        sys.stdout.write(ANNOUNCE)
+        sys.stdout.flush()
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=1500)
     output = f"$ {' '.join(cmd)}\n{proc.stdout[-6000:]}\n{proc.stderr[-3000:]}"
     if proc.returncode == EXIT_NO_SDIST:

@@ -186,7 +186,8 @@ class Pruning:
                 forward_fn=normalize_forward_fn(forward_fn, model), masks=self.masks,
                 config_path=loaded.path,
                 write_back=functools.partial(write_state, loaded.path, "channel_sparsity_args"),
-                log=log)
+                log=log, inputs_field=("example_inputs" if example_inputs is not None
+                                       else "channel_sparsity_args.input_shape"))
         if loaded.slice is not None:
             from .slice.pruner import SlicePruner
 

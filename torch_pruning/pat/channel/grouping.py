@@ -107,9 +107,28 @@ def _slices_of(dep: Dependency, idxs: torch.Tensor,
             if isinstance(getattr(m, name, None), torch.Tensor)]
 
 
+def _every_prunable_layer(named: Dict[str, nn.Module]) -> List[Tuple[str, nn.Module]]:
+    """What ``"all"`` selects: every Conv2d, ConvTranspose2d and Linear layer, and every
+    attention module (pruned by whole heads, or reported as not prunable), but not the Linear
+    projections inside an attention module (its heads are its unit). Layers whose channels are
+    model outputs (the final classifier) are skipped later by :func:`select_groups`."""
+    def attention(m: nn.Module) -> bool:  # the innermost module with a head count (a
+        # transformer block may carry num_heads too, e.g. torchvision's EncoderBlock)
+        return isinstance(m, _ATTENTION) or (bool(head_count_attr(m)) and not any(
+            isinstance(s, _ATTENTION) or head_count_attr(s) for s in m.modules() if s is not m))
+
+    kinds = {id(m): attention(m) for m in named.values()}
+    inside = {id(sub) for m in named.values() if kinds[id(m)]
+              for sub in m.modules() if sub is not m}
+    return [(n, m) for n, m in named.items() if id(m) not in inside
+            and (isinstance(m, _ROOT_TYPES) or kinds[id(m)])]
+
+
 def resolve_layers(model: nn.Module, layers: Union[str, Sequence[str]],
                    source: str = "") -> List[Tuple[str, nn.Module]]:
-    """The configured ``layers`` as ``(name, module)``; ``"all"`` = every Conv2d.
+    """The configured ``layers`` as ``(name, module)``; ``"all"`` = every layer kind the channel
+    pruner can take (Conv2d, ConvTranspose2d, Linear, attention modules; see
+    :func:`_every_prunable_layer`).
 
     Raises :class:`PruningConfigError` naming ``channel_sparsity_args.layers`` for an unknown
     name (with close matches) or a layer that is not a Conv2d/ConvTranspose2d/Linear or an
@@ -124,16 +143,19 @@ def resolve_layers(model: nn.Module, layers: Union[str, Sequence[str]],
     named = {strip_module_prefix(n): m for n, m in model.named_modules() if n}
     prunable = [n for n, m in named.items() if isinstance(m, _ROOT_TYPES)]
     if layers == "all":
-        return [(n, named[n]) for n in prunable if isinstance(named[n], nn.Conv2d)]
+        return _every_prunable_layer(named)
     out: List[Tuple[str, nn.Module]] = []
     for raw in layers:
         name = strip_module_prefix(raw)
         if name not in named:
             close = difflib.get_close_matches(name, prunable, n=5, cutoff=0.5) or \
                 difflib.get_close_matches(name, list(named), n=5, cutoff=0.5)
-            hint = (f"; close matches: {', '.join(close)}" if close else
-                    f"; the model's Conv2d layers are: {', '.join(prunable[:20])}"
-                    + (" ..." if len(prunable) > 20 else ""))
+            listed = close or prunable[:20]
+            hint = ("; close matches: " if close else
+                    "; the model's prunable layers (Conv2d, ConvTranspose2d, Linear) are: ")
+            hint += ", ".join(f"{n} ({type(named[n]).__name__})" for n in listed)
+            if not close and len(prunable) > 20:
+                hint += f" ... ({len(prunable)} in all)"
             raise PruningConfigError(f"{LAYERS_FIELD}: no module named '{raw}' in "
                                      f"{type(model).__name__}{hint}", source=source,
                                      field=LAYERS_FIELD)
@@ -303,8 +325,22 @@ def select_groups(model: nn.Module, DG: DependencyGraph, layers: Union[str, Sequ
     return groups
 
 
-def log_groups(groups: Sequence[ChannelGroup], log: Optional[UserLog] = None) -> None:
-    """Log every group in the seed's format, then the summary line.
+#: Groups listed one by one at INFO at construction; the rest (and all of them) at DEBUG.
+LISTED_GROUPS = 10
+
+
+def _is_conv_group(g: ChannelGroup) -> bool:
+    return isinstance(g.root, nn.modules.conv._ConvNd) and g.heads is None
+
+
+def log_groups(groups: Sequence[ChannelGroup], log: Optional[UserLog] = None,
+               listed: int = LISTED_GROUPS) -> None:
+    """Log the groups in the seed's format, then the summary line.
+
+    The first ``listed`` groups go to INFO (and the user's ``log``); the others to DEBUG only
+    (``logging.getLogger("torch_pruning.pat").setLevel(logging.DEBUG)`` shows every group), with
+    one INFO line saying how many were left out. A group rooted at a Linear layer or attention
+    says "Source layer" (the seed's "Source conv" for convolutions).
 
     Example output::
 
@@ -317,10 +353,21 @@ def log_groups(groups: Sequence[ChannelGroup], log: Optional[UserLog] = None) ->
         There are 1 groups of layers, with the following source convs:
         ['layer1.conv1']
     """
-    for g in groups:
-        lines = ["*************", f"Group number {g.number}:", f"Source conv: {g.source}",
+    for i, g in enumerate(groups):
+        kind = "conv" if _is_conv_group(g) else "layer"
+        lines = ["*************", f"Group number {g.number}:", f"Source {kind}: {g.source}",
                  "Dependencies:"] + (g.dependencies or ["(none)"])
-        emit("\n".join(lines), log, logger=logger)
+        emit("\n".join(lines), log, logging.INFO if i < listed else logging.DEBUG,
+             logger=logger)
     emit("*************", log, logger=logger)
-    emit(f"There are {len(groups)} groups of layers, with the following source convs:\n"
-         f"{[g.source for g in groups]}", log, logger=logger)
+    kind = "convs" if all(_is_conv_group(g) for g in groups) else "layers"
+    sources = [g.source for g in groups]
+    if len(groups) > listed:
+        emit(f"... {len(groups) - listed} more groups (numbers {listed + 1}-{len(groups)}) are "
+             "listed at DEBUG level on the torch_pruning.pat logger", log, logger=logger)
+        emit(f"There are {len(groups)} groups of layers, with the following source {kind} "
+             f"(first {listed}):\n{sources[:listed]} ...", log, logger=logger)
+        emit(f"All {len(groups)} source {kind}: {sources}", log, logging.DEBUG, logger=logger)
+    else:
+        emit(f"There are {len(groups)} groups of layers, with the following source {kind}:\n"
+             f"{sources}", log, logger=logger)

@@ -10,6 +10,10 @@ every scheduled step whether to warn. Two situations get one WARNING each (on th
 * **idle step** — a scheduled step masks no new channel (the ratio step is smaller than one
   block of any group, or every group is at its cap).
 
+A finished config (``reach_mac_target: true``) reused on a model that was never pruned (no
+pruned checkpoint loaded) is found by :func:`finished_config_mismatch`, which the pruner
+(at its first ``prune()``) and ``validate`` both call.
+
 Example:
     >>> watch = ProgressWatch()
     >>> msg = watch.unreachable(mac_target=0.3, at_rate=0.6, best=0.45, rate=0.5, cap=0.5)
@@ -22,19 +26,67 @@ Example:
 from __future__ import annotations
 
 import logging
-from typing import Callable, Dict, List, Optional, Sequence
+import re
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
 from ..config.models import ChannelSparsityArgs
+from ..util.log import human_count
 from .group import ChannelGroup
 from .ranking import SelectionRules, select_units
 
-__all__ = ["ProgressWatch"]
+__all__ = ["ProgressWatch", "stored_macs", "finished_config_mismatch"]
 
 logger = logging.getLogger(__name__)
 
 SECTION = "channel_sparsity_args"
+
+_STORED_MACS = re.compile(r"MACs: ([\d.]+)([KMG]?) -> ([\d.]+)([KMG]?)")
+_SCALE = {"": 1.0, "K": 1e3, "M": 1e6, "G": 1e9}
+#: The stored figures are rounded to 4 significant digits (human_count): allow for it.
+_ROUNDING = 1.005
+
+
+def stored_macs(log_str: str) -> Optional[Tuple[float, float]]:
+    """The (original, pruned) MACs of a stored summary (``log_str``), or None.
+
+    Example:
+        >>> stored_macs("Channel pruning summary (...):\nMACs: 468.810K -> 264.660K (56.45% ...")
+        (468810.0, 264660.0)
+    """
+    found = _STORED_MACS.search(log_str or "")
+    if found is None:
+        return None
+    a, ua, b, ub = found.groups()
+    return round(float(a) * _SCALE[ua], 3), round(float(b) * _SCALE[ub], 3)
+
+
+def finished_config_mismatch(cfg: ChannelSparsityArgs, macs_now: float,
+                             source: str) -> Optional[str]:
+    """The warning for a config that says the target was reached while the model has more MACs
+    than the stored result (a finished config copied to a fresh run, no pruned checkpoint
+    loaded); None when the config is not finished or the model matches.
+
+    Example:
+        >>> cfg = ChannelSparsityArgs(start_epoch=0, end_epoch=1, global_prune_rate=0.5,
+        ...     reach_mac_target=True, log_str="MACs: 468.810K -> 264.660K (56.45%)")
+        >>> finished_config_mismatch(cfg, 468810, "run/pruning_config.json")[:60]
+        'run/pruning_config.json says channel_sparsity_args.reach_mac'
+    """
+    if not cfg.reach_mac_target:
+        return None
+    stored = stored_macs(cfg.log_str)
+    if stored is None or macs_now <= stored[1] * _ROUNDING:
+        return None
+    return (f"{source} says {SECTION}.reach_mac_target is true (the stored result: MACs "
+            f"{human_count(stored[0])} -> {human_count(stored[1])}), but the model has "
+            f"{human_count(macs_now)} MACs ({macs_now:,.0f}), more than the stored "
+            f"{human_count(stored[1])}: no pruned checkpoint was loaded, so channel pruning is "
+            "skipped and the model stays unpruned. Either load the pruned checkpoint with "
+            "torch_pruning.load_state_dict_pruned(model, weights) before training, or set "
+            f"{SECTION}.reach_mac_target to false (and log_str to \"\") in {source} to prune "
+            "again.")
 
 
 class ProgressWatch:

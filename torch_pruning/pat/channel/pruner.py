@@ -40,7 +40,7 @@ from ..util.model import unwrap_model
 from .group import keep_masks, removal_plan
 from .grouping import log_groups, select_groups
 from .importance import make_importance
-from .progress import ProgressWatch
+from .progress import ProgressWatch, finished_config_mismatch, stored_macs
 from .ranking import SelectionRules, select_units, with_dead_units
 from .regularizer import ChannelRegularizer
 from .tracing import build_graph
@@ -72,6 +72,8 @@ class ChannelPruner:
         write_back: called with ``{"reach_mac_target": True, "log_str": summary}`` when the
             target is met (the facade writes them into ``config_path``); may raise OSError.
         log: a user log receiving the same lines as the ``torch_pruning.pat`` logger.
+        inputs_field: where ``example_inputs`` came from, named when the model cannot run on
+            them (``channel_sparsity_args.input_shape``, or ``example_inputs`` of Pruning).
 
     Attributes:
         reset_optimizer: set True after a physical removal; the user re-creates the optimizer
@@ -94,8 +96,10 @@ class ChannelPruner:
     def __init__(self, model: nn.Module, cfg: ChannelSparsityArgs, *, example_inputs: Any,
                  forward_fn: Optional[Callable[[nn.Module, Any], Any]] = None, masks: MaskSet,
                  config_path: Optional[Path] = None, write_back: Optional[WriteBack] = None,
-                 log: Optional[UserLog] = None) -> None:
+                 log: Optional[UserLog] = None,
+                 inputs_field: str = "example_inputs") -> None:
         self.cfg = cfg
+        self.inputs_field = inputs_field
         self.write_back = write_back
         self.masks = masks
         self.config_path = Path(config_path) if config_path is not None else None
@@ -121,10 +125,14 @@ class ChannelPruner:
         self._base: Optional[Tuple[float, int]] = None
         self._source = str(self.config_path) if self.config_path else "<config>"
         self._watch = ProgressWatch()
+        self._finished_in_config = self.reached_target  # checked against the model at prune()
+        self._summary_logged = False
+        self._measured: Optional[Tuple[Tuple[Any, ...], float]] = None  # (shapes, MACs)
         if self.reached_target:
             emit(f"{self._source}: reach_mac_target is true, so channel pruning is finished: "
-                 "the model keeps the reduced shapes loaded with load_state_dict_pruned and "
-                 "prune() only logs the stored summary.", log, logger=logger)
+                 "the model should have the reduced shapes (loaded with "
+                 "load_state_dict_pruned); prune() checks its MACs against the stored result "
+                 "once, then logs one line per epoch.", log, logger=logger)
             return
         self._build(self._model, announce=cfg.verbose >= 1)
         if cfg.cost == "latency" and self.groups:
@@ -136,7 +144,8 @@ class ChannelPruner:
         the warnings already given at construction out of the log (debug level)."""
         cfg = self.cfg
         warn = logging.DEBUG if rebuild else logging.WARNING
-        self.graph = build_graph(model, self.example_inputs, self.forward_fn)
+        self.graph = build_graph(model, self.example_inputs, self.forward_fn,
+                                 source=self._source, inputs_field=self.inputs_field)
         groups = select_groups(model, self.graph, cfg.layers, source=self._source,
                                log=self.log if announce else None, quiet=rebuild)
         self._counter: Optional[MacCounter] = None  # built on first use (it traces once more)
@@ -212,7 +221,7 @@ class ChannelPruner:
         if self.regularizer is not None:  # rank afresh each epoch: resumable bit for bit
             self.regularizer.restart()
         if self.reached_target:
-            emit(self._summary or "Channel pruning reached its target.", log, logger=logger)
+            self._log_finished(epoch, log)
             return
         if not self.groups:
             return
@@ -236,6 +245,29 @@ class ChannelPruner:
                  f"mac_target {self.cfg.mac_target:.2%}: raise {SECTION}.global_prune_rate or "
                  "call channel_pruner.remove_masked_channels(model).", log, logging.WARNING,
                  logger)
+
+    def _log_finished(self, epoch: int, log: Optional[UserLog]) -> None:
+        """After the target: the stored summary once (a restarted job), a loud warning once when
+        the config says finished but the model has more MACs than the stored result, then one
+        short line per epoch with the MACs measured on the model as it is."""
+        macs = self.macs()
+        if not self._summary_logged:
+            self._summary_logged = True
+            if self._summary:
+                emit(self._summary, log, logger=logger)
+            if self._finished_in_config:
+                msg = finished_config_mismatch(self.cfg, macs, self._source)
+                if msg:
+                    emit(msg, log, logging.WARNING, logger)
+        base = self._base[0] if self._base is not None else (stored_macs(self._summary) or
+                                                              (None,))[0]
+        masked = bool(self.groups) and not self._removed and any(
+            bool(p.any()) for p in self._pruned.values())
+        share = f" ({macs / base:.2%} of the original {human_count(base)})" if base else ""
+        how = (", masked channels counted as removed (prune_at_target is false)" if masked
+               else ", measured on the model")
+        emit(f"Channel pruning done (epoch {epoch}): MACs {human_count(macs)}{share}{how}.",
+             log, logger=logger)
 
     def _one_shot(self, model: nn.Module, epoch: int, log: Optional[UserLog]) -> None:
         plan, ratio, met = self._select(self.cfg.global_prune_rate)
@@ -401,6 +433,7 @@ class ChannelPruner:
             emit(f"could not write the pruning state to {self.config_path}: {e}", log,
                  logging.WARNING, logger)
         emit(self._summary, log, logger=logger)
+        self._summary_logged = True
         if physical:
             self.remove_masked_channels(model, log=log)
 
@@ -410,12 +443,15 @@ class ChannelPruner:
         target = (f"target {self.cfg.mac_target:.2%}" if self.cfg.mac_target > 0
                   else "no MAC target")
         latency = self.cfg.cost == "latency"
+        convs = all(isinstance(g.root, nn.modules.conv._ConvNd) and g.heads is None
+                    for g in self.groups)
+        kind = "conv" if convs else "layer"
         lines = [(f"Channel pruning summary ({self.cfg.pruning_method.value}, epoch {epoch}, "
                   f"channel ratio {self._ratio:.4f}):"),
                  (f"MACs: {human_count(base_macs)} -> {human_count(macs)} "
                   f"({macs / base_macs:.2%} of original{'' if latency else '; ' + target})"),
                  f"Params: {human_count(base_params)} -> {human_count(params)}",
-                 "Channels kept per group (source conv: kept/original):"]
+                 f"Channels kept per group (source {kind}: kept/original):"]
         if latency:
             ms = self._cost(self._pruned)
             lines.insert(2, f"Estimated latency: {self.base_cost:.3f} ms -> {ms:.3f} ms "
@@ -542,7 +578,11 @@ class ChannelPruner:
     def macs(self) -> float:
         """MACs of the model now, counting masked channels as removed."""
         if not hasattr(self, "graph"):  # finished at construction: count the model as it is
-            return MacCounter(self._model, self.example_inputs, self.forward_fn).base_macs
+            shapes = tuple(tuple(p.shape) for p in self._model.parameters())
+            if self._measured is None or self._measured[0] != shapes:
+                counter = MacCounter(self._model, self.example_inputs, self.forward_fn)
+                self._measured = (shapes, counter.base_macs)
+            return self._measured[1]
         return self._count(self._pruned)[0]
 
     def summary(self) -> str:

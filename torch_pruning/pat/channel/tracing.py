@@ -12,7 +12,8 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Optional, Tuple
+import traceback
+from typing import Any, Callable, Dict, List, NoReturn, Optional, Tuple
 
 import torch
 from torch import nn
@@ -20,10 +21,85 @@ from torch import nn
 from torch_pruning.dependency import DependencyGraph
 
 from ..attention.heads import tensors_in
+from ..config.errors import PruningConfigError
 from ..core.heads import head_count_attr
 from ..util.model import call_model
 
-__all__ = ["build_graph"]
+__all__ = ["build_graph", "UntraceableModelError", "describe_inputs"]
+
+SECTION = "channel_sparsity_args"
+
+
+class UntraceableModelError(PruningConfigError):
+    """The model runs on its example inputs, but upstream's DependencyGraph cannot trace it,
+    so channel pruning (which needs the whole model's graph) cannot run on it."""
+
+
+def describe_inputs(inputs: Any) -> str:
+    """Shapes of example inputs, e.g. ``[1, 3, 224, 224]`` or ``([1, 3, 8, 8], [1, 4])``.
+
+    Example:
+        >>> describe_inputs((torch.zeros(1, 3), torch.zeros(2)))
+        '([1, 3], [2])'
+    """
+    if isinstance(inputs, torch.Tensor):
+        return str(list(inputs.shape))
+    if isinstance(inputs, dict):
+        return "{" + ", ".join(f"{k!r}: {describe_inputs(v)}" for k, v in inputs.items()) + "}"
+    if isinstance(inputs, (list, tuple)):
+        inner = ", ".join(describe_inputs(v) for v in inputs)
+        return f"({inner})" if isinstance(inputs, tuple) else f"[{inner}]"
+    return type(inputs).__name__
+
+
+def _upstream_frame(exc: BaseException) -> str:
+    """Where in upstream's package ``exc`` was raised (innermost frame), e.g.
+    ``update_reshape_index_mapping (dependency/index_mapping.py:219)``; "" if not there."""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__)
+              if "torch_pruning" in f.filename.replace("\\", "/") and "/pat/" not in
+              f.filename.replace("\\", "/")]
+    if not frames:
+        return ""
+    f = frames[-1]
+    path = f.filename.replace("\\", "/").split("torch_pruning/")[-1]
+    return f"{f.name} ({path}:{f.lineno})"
+
+
+_CONSTRUCTS = {
+    "reshape": "a view/reshape that splits or merges the channel dimension (e.g. a channel "
+               "shuffle: x.view(B, groups, C // groups, H, W))",
+    "concat": "a torch.cat whose inputs the graph cannot size",
+    "split": "a split/chunk of the channel dimension",
+}
+
+
+def _explain_failure(model: nn.Module, inputs: Any, forward_fn: Optional[Callable[..., Any]],
+                     exc: Exception, source: str, inputs_field: str) -> NoReturn:
+    """Raise the error a user can act on for a failed trace: the inputs do not fit the model
+    (it fails to run plainly), or upstream's tracing fails on a model that runs."""
+    name = type(model).__name__
+    model.eval()  # the caller restores every training flag
+    try:
+        with torch.no_grad():
+            (forward_fn or call_model)(model, inputs)
+    except Exception as run_exc:
+        raise PruningConfigError(
+            f"{inputs_field}: {name} cannot run on example inputs of shape "
+            f"{describe_inputs(inputs)}: {type(run_exc).__name__}: {run_exc}. Give the shape "
+            "the model takes (batch, channels, height, width; one shape per input)",
+            source=source, field=inputs_field) from run_exc
+    where = _upstream_frame(exc)
+    construct = next((text for key, text in _CONSTRUCTS.items() if key in where), "")
+    raise UntraceableModelError(
+        f"{SECTION}: upstream torch-pruning's DependencyGraph failed to trace {name} "
+        f"(the model itself runs on inputs {describe_inputs(inputs)}): "
+        f"{type(exc).__name__}: {exc}" + (f", in upstream's {where}" if where else "")
+        + (f"; the construct it fails on is likely {construct}" if construct else "")
+        + ". Channel pruning needs the graph of the whole model, so listing fewer layers does "
+        "not avoid this. What to do: rewrite that construct in the model (or wrap it in a "
+        "module upstream treats as a leaf), or set channel_sparsity_args.is_prune to false "
+        "(slice pruning does not trace the model), and report the model to upstream "
+        "Torch-Pruning", source=source, field=SECTION) from exc
 
 
 def _detached(value: Any) -> Any:
@@ -38,7 +114,8 @@ def _detached(value: Any) -> Any:
 
 
 def build_graph(model: nn.Module, example_inputs: Any,
-                forward_fn: Optional[Callable[[nn.Module, Any], Any]] = None) -> DependencyGraph:
+                forward_fn: Optional[Callable[[nn.Module, Any], Any]] = None, *,
+                source: str = "", inputs_field: str = "example_inputs") -> DependencyGraph:
     """Trace ``model`` into upstream's DependencyGraph without side effects on the model.
 
     Upstream's tracing switches the model to eval mode and leaves it there; every module's
@@ -47,6 +124,11 @@ def build_graph(model: nn.Module, example_inputs: Any,
     a model output, so their channels are never pruned, and an ``attention_inputs`` dict with
     the inputs each module with a head count received (to check head removal is exact;
     :func:`select_groups` clears it).
+
+    A failed trace raises :class:`PruningConfigError` naming ``inputs_field`` (e.g.
+    ``channel_sparsity_args.input_shape``) and torch's message when the model cannot run on
+    the inputs, else :class:`UntraceableModelError` (upstream's tracing failed) naming the
+    model's class, upstream's error and what to do. ``source`` is the config file.
 
     Example:
         >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 2, 1))
@@ -72,6 +154,8 @@ def build_graph(model: nn.Module, example_inputs: Any,
         with torch.enable_grad():
             graph = DependencyGraph().build_dependency(
                 model, example_inputs=example_inputs, forward_fn=traced, verbose=False)
+    except Exception as exc:
+        _explain_failure(model, example_inputs, forward_fn, exc, source, inputs_field)
     finally:
         for h in hooks:
             h.remove()

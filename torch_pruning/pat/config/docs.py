@@ -82,6 +82,11 @@ def config_reference_markdown() -> str:
         for name, sub in nested:
             out.append(f"\n### `{section}.{name}`\n")
             out.extend(_table(sub, f"{name}.", []))
+            nested_old = DEPRECATED_KEYS.get(f"{section}.{name}", {})
+            if nested_old:
+                out.append(f"\nDeprecated keys inside `{name}` (accepted with a warning, "
+                           "ignored):\n")
+                out.extend(f"- `{name}.{old}`: use `{new}`" for old, new in nested_old.items())
         deprecated = DEPRECATED_KEYS.get(section, {})
         if deprecated:
             out.append("\nDeprecated keys (accepted with a warning, ignored):\n")

@@ -122,9 +122,46 @@ def _format_errors(err: ValidationError, source: str) -> PruningConfigError:
                               source=source, field=first)
 
 
+def _drop_deprecated(body: Dict[str, Any], where: str, section: str,
+                     source: str) -> Dict[str, Any]:
+    """``body`` (the object at dotted path ``where``) without its deprecated keys, each warned
+    about with the key that replaces it (SPEC section 3: accepted, not refused)."""
+    body = dict(body)
+    for old, new in DEPRECATED_KEYS.get(where, {}).items():
+        if old in body:
+            del body[old]
+            msg = (f"{source}: {where}.{old} is deprecated and ignored; "
+                   f"use {section}.{new} instead")
+            warnings.warn(msg, DeprecationWarning, stacklevel=5)
+            emit(msg, level=logging.WARNING, logger=logger)
+    return body
+
+
+def _disabled_section(body: Dict[str, Any], model: type, section: str) -> Dict[str, Any]:
+    """A section with ``"is_prune": false``: only ``is_prune`` must be valid. The other fields
+    are kept where they validate (e.g. ``input_shape``, which ``validate`` may use) and dropped
+    otherwise (an empty ``layers``, a key of another version), with a debug line."""
+    body = dict(body)
+    for _ in range(len(body) + 1):
+        try:
+            model.model_validate(body)
+            return body
+        except ValidationError as err:
+            bad = {e["loc"][0] for e in err.errors() if e["loc"] and e["loc"][0] != "is_prune"}
+            if not bad:
+                raise
+            for key in bad:
+                body.pop(key, None)
+            logger.debug("%s is disabled; not checking %s", section, sorted(map(str, bad)))
+    return {"is_prune": False}
+
+
 def _check_sections(data: Dict[str, Any], source: str) -> Dict[str, Any]:
-    """Required-when-enabled fields and deprecated keys (pydantic cannot say these well)."""
+    """Required-when-enabled fields, deprecated keys and disabled sections (pydantic cannot
+    say these well)."""
     data = dict(data)
+    models = {"channel_sparsity_args": ChannelSparsityArgs,
+              "slice_sparsity_args": SliceSparsityArgs}
     for section, required in REQUIRED_WHEN_ENABLED.items():
         body = data.get(section)
         if body is None:
@@ -132,22 +169,24 @@ def _check_sections(data: Dict[str, Any], source: str) -> Dict[str, Any]:
         if not isinstance(body, dict):
             raise PruningConfigError(f"{section}: must be an object, got {type(body).__name__}",
                                      source=source, field=section)
-        body = dict(body)
-        for old, new in DEPRECATED_KEYS.get(section, {}).items():
-            if old in body:
-                del body[old]
-                msg = (f"{source}: {section}.{old} is deprecated and ignored; "
-                       f"use {section}.{new} instead")
-                warnings.warn(msg, DeprecationWarning, stacklevel=4)
-                emit(msg, level=logging.WARNING, logger=logger)
-        data[section] = body
+        body = _drop_deprecated(body, section, section, source)
+        for key, value in list(body.items()):
+            if isinstance(value, dict) and f"{section}.{key}" in DEPRECATED_KEYS:
+                body[key] = _drop_deprecated(value, f"{section}.{key}", section, source)
         if body.get("is_prune", True) is False:
+            data[section] = _disabled_section(body, models[section], section)
             continue
+        data[section] = body
         missing = [f for f in required if f not in body]
         if missing:
             field = f"{section}.{missing[0]}"
+            known = set(models[section].model_fields)
+            unknown = [k for k in body if k not in known]
+            close = difflib.get_close_matches(missing[0], unknown, n=1, cutoff=0.6)
+            typo = (f"; the config has the unknown key '{section}.{close[0]}', which is close to "
+                    f"it: rename '{close[0]}' to '{missing[0]}'" if close else "")
             raise PruningConfigError(
-                f"{field}: required field is missing (required when is_prune is true: "
+                f"{field}: required field is missing{typo} (required when is_prune is true: "
                 f"{', '.join(required)}; set \"is_prune\": false to disable this pruner)",
                 source=source, field=field)
         start, end = body.get("start_epoch"), body.get("end_epoch")

@@ -157,7 +157,10 @@ class ChannelSparsityArgs(_Section):
                            "whole heads; torch_pruning.pat.split_multihead_attention converts "
                            "nn.MultiheadAttention); an unconverted MultiheadAttention is logged "
                            "as not pruned. "
-                           "\"all\" selects every Conv2d.")
+                           "\"all\" selects every layer of those kinds (the Linear "
+                           "projections inside an attention module go with its heads); layers "
+                           "whose channels are model outputs, like the final classifier, are "
+                           "kept.")
     input_shape: Optional[Union[Shape, List[Shape]]] = Field(
         None, description="Dummy input shape [B,C,H,W] (or a list of shapes) for graph "
                           "tracing, unless example_inputs is passed to Pruning.")
@@ -235,12 +238,17 @@ REQUIRED_WHEN_ENABLED: Dict[str, List[str]] = {
     "slice_sparsity_args": SliceSparsityArgs.model_config["json_schema_extra"]["else"]["required"],
 }
 
-# Keys older configs carry: accepted with a warning that names their replacement.
+# Keys older configs carry, per object (its dotted path): accepted with a warning that names
+# their replacement (a path inside the section), then ignored.
 DEPRECATED_KEYS: Dict[str, Dict[str, str]] = {
     "channel_sparsity_args": {
         "alpha_shrinkage_reg": "regularize.gamma",
         "gamma_reg": "regularize.mac_reg",
         "reg": "regularize.reg",
+    },
+    "channel_sparsity_args.regularize": {
+        "alpha_shrinkage_reg": "regularize.gamma",
+        "gamma_reg": "regularize.mac_reg",
     },
     "slice_sparsity_args": {},
 }

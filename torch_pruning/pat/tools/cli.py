@@ -3,7 +3,7 @@
 Commands:
     schema       print the JSON Schema of pruning_config.json
     config-docs  print the configuration reference (markdown)
-    inspect      list Conv2d layers, dependency groups and MACs; write a starter config
+    inspect      list prunable layers (Conv2d, Linear, attention), groups and MACs; write a starter config
     validate     dry-run a pruning_config.json on a model
     analyze      plot channel L2 norms across a run's checkpoints (same as analyze.py)
 """

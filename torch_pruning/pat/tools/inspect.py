@@ -140,7 +140,9 @@ def _run_validate(args: argparse.Namespace) -> int:
                           "channel_sparsity_args.input_shape")
         container = section.container if section is not None else None
         model = load_model(args.model)
-        report = check_config(loaded, model, make_inputs(shapes, container))
+        report = check_config(loaded, model, make_inputs(shapes, container),
+                              inputs_field=("--input-shape" if args.input_shape
+                                            else "channel_sparsity_args.input_shape"))
     except (ToolError, PruningConfigError) as e:
         return _error(str(e))
     sys.stdout.write(report.text())
@@ -154,7 +156,8 @@ def _run_validate(args: argparse.Namespace) -> int:
 
 def register(commands: Dict[str, tuple]) -> None:
     """Add ``inspect`` and ``validate`` to the CLI's command registry."""
-    commands["inspect"] = ("list Conv2d layers, dependency groups and MACs; "
+    commands["inspect"] = ("list prunable layers (Conv2d, Linear, attention), dependency groups "
+                           "and MACs; "
                            "--write-config writes a starter config", _setup_inspect, _run_inspect)
     commands["validate"] = ("dry-run a pruning_config.json on a model: what would be pruned",
                             _setup_validate, _run_validate)

@@ -23,7 +23,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from ..channel.grouping import select_groups
+from ..channel.grouping import resolve_layers, select_groups
 from ..channel.tracing import build_graph
 from ..core.macs import count_macs
 from ..core.masks import strip_module_prefix
@@ -76,6 +76,9 @@ class ModelSummary:
     module_types: Dict[str, str] = field(default_factory=dict)
     #: attention modules: (name, head count, how their heads are pruned)
     attention: List[Tuple[str, int, str]] = field(default_factory=list)
+    #: prunable groups rooted at Linear layers and attention modules, as ``layers: "all"``
+    #: selects them: (source layer, its type, channels, what is pruned)
+    other_prunable: List[Tuple[str, str, int, str]] = field(default_factory=list)
 
     def conv(self, name: str) -> Optional[ConvInfo]:
         """The :class:`ConvInfo` of ``name`` (``module.`` prefix ignored), or None."""
@@ -166,7 +169,11 @@ def summarize_model(model: nn.Module, example_inputs: Inputs) -> ModelSummary:
         total, params, layer_flops, _ = count_macs(model, example_inputs, layer_wise=True)
         names = {m: strip_module_prefix(n) for n, m in model.named_modules()}
         conv_modules = [m for m in names if isinstance(m, nn.Conv2d)]
-        groups = [g for g, _ in conv_dependency_groups(model, example_inputs, conv_modules)]
+        graph = build_graph(model, example_inputs)
+        other_prunable = _other_prunable(model, graph)  # first: it needs the attention inputs
+        graph.attention_inputs = {}
+        groups = [g for g, _ in conv_dependency_groups(model, example_inputs, conv_modules,
+                                                       graph=graph)]
     finally:
         model.train(was_training)
     total_macs = int(round(total))
@@ -200,7 +207,21 @@ def summarize_model(model: nn.Module, example_inputs: Inputs) -> ModelSummary:
                         other_macs=dict(sorted(other.items(), key=lambda kv: -kv[1][1])),
                         total_macs=total_macs, total_params=int(params),
                         module_types={n: type(m).__name__ for m, n in names.items() if n},
-                        attention=_attention_modules(names))
+                        attention=_attention_modules(names), other_prunable=other_prunable)
+
+
+def _other_prunable(model: nn.Module, graph: Any) -> List[Tuple[str, str, int, str]]:
+    """The groups ``layers: "all"`` adds beyond Conv2d: Linear layers (e.g. a transformer's MLP
+    hidden layer) and attention modules, found by the channel pruner's own selection."""
+    layers = [n for n, m in resolve_layers(model, "all") if not isinstance(m, nn.Conv2d)]
+    if not layers:
+        return []
+    found = []
+    for g in select_groups(model, graph, layers, quiet=True):
+        what = (f"{g.units} heads of {g.heads.name}" if g.heads is not None
+                else f"{g.channels} output features")
+        found.append((g.source, type(g.root).__name__, g.channels, what))
+    return found
 
 
 def _attention_modules(names: Dict[nn.Module, str]) -> List[Tuple[str, int, str]]:
@@ -253,6 +274,12 @@ def format_summary(summary: ModelSummary, title: str = "") -> str:
         lines.append(f"  Group {g.index} ({g.channels} channels): {', '.join(g.members)}{state}")
         if g.consumers:
             lines.append(f"      consumers: {', '.join(g.consumers)}")
+    if summary.other_prunable:
+        lines.append("")
+        lines.append("Prunable Linear and attention layers (selected by layers: \"all\" too, or "
+                     "list them):")
+        for name, kind, _, what in summary.other_prunable:
+            lines.append(f"  {name} ({kind}): {what}")
     if summary.attention:
         lines.append("")
         lines.append("Attention modules (heads pruned whole; Pruning checks each layout and logs "

@@ -28,6 +28,7 @@ from torch import nn
 
 from ..channel.group import ChannelGroup
 from ..channel.grouping import select_groups
+from ..channel.progress import finished_config_mismatch, stored_macs
 from ..channel.tracing import build_graph
 from ..config.io import LoadedConfig
 from ..config.models import ChannelSparsityArgs, SliceSparsityArgs
@@ -74,8 +75,8 @@ def _members(g: ChannelGroup, graph: Any, names: dict) -> List[str]:
 
 
 def _channel_plan(cfg: ChannelSparsityArgs, model: nn.Module, inputs: Any,
-                  source: str) -> Tuple[List[str], Optional[str]]:
-    graph = build_graph(model, inputs)
+                  source: str, inputs_field: str) -> Tuple[List[str], Optional[str]]:
+    graph = build_graph(model, inputs, source=source, inputs_field=inputs_field)
     skipped: List[str] = []
     selected = select_groups(model, graph, cfg.layers, source=source, quiet=True,
                              skipped=skipped)
@@ -89,6 +90,14 @@ def _channel_plan(cfg: ChannelSparsityArgs, model: nn.Module, inputs: Any,
              f"  model MACs {human_count(macs)} (counted as the pruner counts them)"
              + (f"; the target is {human_count(macs * cfg.mac_target)}" if cfg.mac_target
                 else "")]
+    if cfg.reach_mac_target:
+        mismatch = finished_config_mismatch(cfg, macs, source)
+        if mismatch:
+            lines.append(f"  warning: {mismatch}")
+            return lines, f"channel pruning would prune nothing: {mismatch}"
+        lines.append("  reach_mac_target is true: channel pruning is finished, prune() "
+                     "prunes no more channels" + (" (the model's MACs match the stored result)"
+                                                  if stored_macs(cfg.log_str) else ""))
     total_pruned = 0
     for g in selected:
         n = math.floor(g.channels * rate + 1e-9)
@@ -122,7 +131,7 @@ def _channel_plan(cfg: ChannelSparsityArgs, model: nn.Module, inputs: Any,
 
 
 def _slice_plan(cfg: SliceSparsityArgs, model: nn.Module, inputs: Any,
-                source: str) -> Tuple[List[str], Optional[str]]:
+                source: str, inputs_field: str) -> Tuple[List[str], Optional[str]]:
     named = {strip_module_prefix(n): m for n, m in model.named_modules()}
     convs, _ = resolve_slice_layers(model, cfg)
     lines = [f"Slice pruning: epochs {cfg.start_epoch}-{cfg.end_epoch}, prune_rate "
@@ -150,12 +159,14 @@ def _slice_plan(cfg: SliceSparsityArgs, model: nn.Module, inputs: Any,
     return lines, None
 
 
-def check_config(loaded: LoadedConfig, model: nn.Module, example_inputs: Any) -> ValidationReport:
+def check_config(loaded: LoadedConfig, model: nn.Module, example_inputs: Any, *,
+                 inputs_field: str = "channel_sparsity_args.input_shape") -> ValidationReport:
     """Dry-run ``loaded`` on ``model`` with the pruners' own layer resolution and grouping.
 
     Raises :class:`PruningConfigError` where ``Pruning`` would (an unknown layer name, with
     close matches; a layer type the pruner cannot take). Returns the plan and, per enabled
-    pruner that would prune nothing, the reason. The model is left unchanged.
+    pruner that would prune nothing, the reason. The model is left unchanged. Inputs the
+    model cannot run on raise :class:`PruningConfigError` naming ``inputs_field``.
     """
     source = str(loaded.path) if loaded.path else "<config>"
     lines, nothing = [f"Config: {source}"], []
@@ -167,7 +178,8 @@ def check_config(loaded: LoadedConfig, model: nn.Module, example_inputs: Any) ->
         if cfg is None:
             lines.append(f"{what} pruning: off")
             continue
-        section_lines, reason = plan(cfg, model, example_inputs, source)  # type: ignore[operator]
+        section_lines, reason = plan(cfg, model, example_inputs, source,  # type: ignore[operator]
+                                     inputs_field)
         lines.extend(section_lines)
         if reason:
             nothing.append(reason)
