@@ -65,8 +65,9 @@ def test_run_with_recommended_config_reaches_the_target(tmp_path, model_cls,
     model = _train(model, pruner, epochs)
     macs = tp.utils.count_ops_and_params(model, example)[0]
     assert pruner.channel_pruner.reached_target
-    # at or just under the budget (a channel of these tiny models is worth up to 3% of MACs)
-    assert mac_target - 0.03 <= macs / base <= mac_target
+    # at or just under the budget: per-layer ranking moves every group by the same ratio, and
+    # one channel of ResidualCNN's 16-wide residual group is worth about 5% of its MACs
+    assert mac_target - 0.05 <= macs / base <= mac_target
     # reached before fine-tuning starts: the last epochs train the reduced model
     assert json.loads((tmp_path / "pruning_config.json").read_text())[
         "channel_sparsity_args"]["reach_mac_target"] is True
