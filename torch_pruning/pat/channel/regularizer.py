@@ -10,6 +10,12 @@ For channel ``c`` of group ``g`` the strength is::
   norm (``|gamma|`` for BNScalePruner) among the channels not pruned yet: the least important
   channel gets ``gamma`` times the strength of the most important (``gamma = 1``: uniform).
 
+Two settings of ``regularize`` shape it further (:meth:`ChannelRegularizer.focus_on`, set by
+the channel pruner at each epoch's first step): ``target: "pruned"`` multiplies ``lambda_c``
+by 0 for every channel outside the plan the schedule would prune at the MAC target, and
+``growth: "linear"`` multiplies every strength by a factor ramping from ``begin_epoch`` to 1 at
+``start_epoch``.
+
 The penalty is upstream's sparse-training rule (``GroupNormPruner.regularize``), so ``reg``
 values tuned for it carry over:
 
