@@ -200,6 +200,11 @@ class ChannelPruner:
             self._refocus()
         self.regularizer.apply(self._pruned)
 
+    @property
+    def next_epoch(self) -> int:
+        """The epoch the next training step belongs to (one past the last ``prune()`` call)."""
+        return self._next_epoch
+
     def _refocus(self) -> None:
         """Point the regularizer at this epoch's channels and strength (``regularize.target``
         and ``regularize.growth``); computed from the weights at the epoch's start."""

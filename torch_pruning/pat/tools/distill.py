@@ -78,7 +78,7 @@ class Distillation:
         cfg = getattr(channel, "cfg", None)
         if cfg is None or not getattr(channel, "groups", None):
             return False
-        return channel._next_epoch >= cfg.start_epoch
+        return channel.next_epoch >= cfg.start_epoch
 
     def snapshot(self, model: nn.Module) -> None:
         """Take the teacher now: a frozen copy of ``model``."""
