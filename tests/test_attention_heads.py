@@ -17,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from models.transformer import (HandwrittenAttention, HeadsAttention, HeadsTransformer,
                                 eval_outputs, one_epoch_config)
+from models.loop import five_line_loop
 from torch import nn
 
 import torch_pruning as tp
@@ -98,19 +99,9 @@ def test_pat_reaches_the_mac_target_by_removing_heads(write_config) -> None:
                                            mac_target=0.8, prune_at_target=True,
                                            global_pruning=True, regularize={"reg": 1e-2}))
     pruner = tp.Pruning(model, folder, example_inputs=torch.randn(2, 6, 12))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     data = [(torch.randn(8, 6, 12), torch.randint(0, 5, (8,))) for _ in range(3)]
-    for epoch in range(4):
-        for x, y in data:
-            loss = nn.functional.cross_entropy(model(x), y)
-            optimizer.zero_grad()
-            loss.backward()
-            pruner.channel_regularize(model)
-            optimizer.step()
-        pruner.prune(model, epoch)
-        if pruner.channel_pruner.reset_optimizer:
-            optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-            pruner.channel_pruner.reset_optimizer = False
+    five_line_loop(model, pruner, data, epochs=4,
+                   make_optimizer=lambda params: torch.optim.AdamW(params, lr=1e-2))
     assert pruner.channel_pruner.reached_target
     heads = [b.attn.num_heads for b in model.blocks]
     assert sum(heads) < 8 and min(heads) >= 1

@@ -8,6 +8,7 @@ from torch import nn
 
 import torch_pruning as tp
 from models import SmallCNN
+from models.loop import five_line_loop
 
 CONFIG = {
     "channel_sparsity_args": {
@@ -21,18 +22,8 @@ CONFIG = {
 
 def _run(model: nn.Module, pruner, epochs: int) -> None:
     torch.manual_seed(0)
-    x, y = torch.randn(8, 3, 16, 16), torch.randint(0, 10, (8,))
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    for epoch in range(epochs):
-        loss = nn.functional.cross_entropy(model(x), y) + pruner.slice_regularize(model)
-        optimizer.zero_grad()
-        loss.backward()
-        pruner.channel_regularize(model)
-        optimizer.step()
-        pruner.prune(model, epoch)
-        if pruner.channel_pruner.reset_optimizer:
-            optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-            pruner.channel_pruner.reset_optimizer = False
+    five_line_loop(model, pruner, [(torch.randn(8, 3, 16, 16), torch.randint(0, 10, (8,)))],
+                   epochs=epochs)
 
 
 def test_report_is_saved_beside_the_config_at_the_target(write_config) -> None:

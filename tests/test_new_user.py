@@ -281,7 +281,8 @@ ALL_CONFIG = {"start_epoch": 0, "end_epoch": 3, "global_prune_rate": 0.5, "mac_t
 @pytest.mark.parametrize("name, kinds", [
     ("convnext_tiny", {"Linear"}),            # its width lives in the blocks' MLP Linear layers
     ("vit_b_16", {"Linear", "heads"}),        # MLP hidden layers and whole attention heads
-])
+    ("swin_t", {"Linear"}),                   # MLP hidden layers; its embedding dimension is
+])                                            # skipped with a reason (see the test below)
 def test_all_selects_linear_and_attention_groups(name: str, kinds: set) -> None:
     model, shape = _torchvision(name)
     pruner = Pruning(model, {"channel_sparsity_args": dict(ALL_CONFIG, input_shape=shape)})
@@ -291,6 +292,37 @@ def test_all_selects_linear_and_attention_groups(name: str, kinds: set) -> None:
     assert kinds <= found
     classifier = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)][-1]
     assert classifier not in {g.source for g in groups}  # the final classifier is kept
+
+
+def test_all_on_swin_builds_in_seconds_and_names_what_upstream_cannot_follow() -> None:
+    """Upstream's group propagation for swin_t's patch-merging layer never settles (its index
+    lists multiply through the window reshapes); the layer is skipped with that reason instead
+    of the build running for hours, and the MLP groups are still pruned."""
+    model, shape = _torchvision("swin_t")
+    log = _UserLog()
+    pruner = Pruning(model, {"channel_sparsity_args": dict(ALL_CONFIG, input_shape=shape)},
+                     log=log)
+    text = "\n".join(log.infos)
+    assert "features.6.reduction: upstream's DependencyGraph did not settle" in text
+    mlp = [g.source for g in pruner.channel_pruner.groups]
+    assert "features.7.1.mlp.0" in mlp and len(mlp) == 12  # the 12 blocks' MLP hidden layers
+
+
+def test_a_group_that_does_not_settle_stops_instead_of_running_on(monkeypatch) -> None:
+    import torch_pruning as tp
+    from torch_pruning.pat.channel import tracing
+
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 1), nn.Flatten(),
+                        nn.Linear(4 * 36, 2))
+    DG = tracing.build_graph(net, torch.randn(1, 3, 8, 8))
+    fn = tp.prune_conv_out_channels
+    full = tracing.pruning_group(DG, net[2], fn, [0, 1, 2, 3])
+    assert len(full) == len(DG.get_pruning_group(net[2], fn, [0, 1, 2, 3]))  # same as upstream
+    monkeypatch.setattr(tracing, "GROUP_MAX_INDICES", 50)  # the flatten makes 4 x 36 indices
+    with pytest.raises(tracing.GroupDidNotConverge, match="channel indices"):
+        tracing.pruning_group(DG, net[2], fn, [0, 1, 2, 3])
+    import torch_pruning.dependency.graph as upstream_graph
+    assert upstream_graph.Group is tp.dependency.Group  # upstream is left as it was
 
 
 def test_all_on_a_model_upstream_cannot_trace_says_so(tmp_path: Path) -> None:
@@ -437,3 +469,27 @@ def test_the_stated_python_floor_is_310() -> None:
     assert 'requires-python = ">=3.10"' in pyproject
     readme = (ROOT / "README.md").read_text()
     assert "Python 3.10+" in readme and "3.9+" not in readme
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["convnext_tiny", "swin_t", "vit_b_16"])
+def test_all_reaches_the_target_on_transformer_era_models_and_reloads_exactly(name: str) -> None:
+    """Item 8 as the user ran it: "all", mac_target 0.6, four epochs of the loop, then the
+    pruned checkpoint loaded into a fresh model of the same class."""
+    import torch_pruning as tp
+    from models.loop import five_line_loop
+
+    torch.manual_seed(0)
+    model, shape = _torchvision(name)
+    x = torch.randn(2, *shape[1:])
+    base, _ = tp.utils.count_ops_and_params(model, x[:1])
+    pruner = Pruning(model, {"channel_sparsity_args": dict(ALL_CONFIG, input_shape=shape)})
+    five_line_loop(model, pruner, [(x, torch.randint(0, 1000, (2,)))], epochs=4, lr=1e-3)
+    macs, _ = tp.utils.count_ops_and_params(model, x[:1])
+    assert pruner.channel_pruner.reached_target and macs <= 0.6 * base * 1.01, (macs / base)
+    model.eval()
+    fresh, _ = _torchvision(name)
+    fresh, missing, unexpected = tp.load_state_dict_pruned(fresh, model.state_dict())
+    assert not missing and not unexpected
+    with torch.no_grad():
+        torch.testing.assert_close(fresh.eval()(x), model(x))

@@ -12,6 +12,7 @@ import torch_pruning as tp
 from torch_pruning.pat.config.models import PruningConfig
 
 from models import ResidualCNN, SmallCNN
+from models.loop import five_line_loop
 
 INPUT = (1, 3, 16, 16)
 
@@ -20,20 +21,7 @@ def _train(model: nn.Module, pruner, epochs: int, seed: int = 0) -> nn.Module:
     """The README's five lines on a fixed random batch."""
     torch.manual_seed(seed)
     x, y = torch.randn(32, *INPUT[1:]), torch.randint(0, 10, (32,))
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    for epoch in range(epochs):
-        for _ in range(3):
-            loss = nn.functional.cross_entropy(model(x), y)
-            loss = loss + pruner.slice_regularize(model)
-            optimizer.zero_grad()
-            loss.backward()
-            pruner.channel_regularize(model)
-            optimizer.step()
-        pruner.prune(model, epoch)
-        if pruner.channel_pruner.reset_optimizer:
-            optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-            pruner.channel_pruner.reset_optimizer = False
-    return model
+    return five_line_loop(model, pruner, [(x, y)], epochs=epochs, steps=3, lr=0.05)
 
 
 @pytest.mark.parametrize("epochs", [4, 10, 20, 90])

@@ -11,6 +11,7 @@ import pytest
 import torch
 import torchvision
 from models.transformer import MLP_LAYERS, TinyTransformer, eval_outputs, one_epoch_config
+from models.loop import five_line_loop
 from torch import nn
 
 import torch_pruning as tp
@@ -131,19 +132,7 @@ def test_transformer_encoder_trains_to_the_target_with_heads_and_mlp_pruned(
                                            global_prune_rate=0.9, mac_target=0.7,
                                            prune_at_target=True))
     pruner = tp.Pruning(model, folder, example_inputs=x[:1])
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    y = torch.randint(0, 10, (4,))
-    for epoch in range(4):
-        for _ in range(2):
-            loss = nn.functional.cross_entropy(model(x), y)
-            optimizer.zero_grad()
-            loss.backward()
-            pruner.channel_regularize(model)
-            optimizer.step()
-        pruner.prune(model, epoch)
-        if pruner.channel_pruner.reset_optimizer:
-            optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-            pruner.channel_pruner.reset_optimizer = False
+    five_line_loop(model, pruner, [(x, torch.randint(0, 10, (4,)))], epochs=4, steps=2)
     assert pruner.channel_pruner.reached_target
     assert tp.utils.count_ops_and_params(model, x[:1])[0] <= 0.7 * pruner.channel_pruner.base_macs
     heads = [layer.self_attn.num_heads for layer in model.encoder.layers]

@@ -20,6 +20,7 @@ from torch import nn
 
 import torch_pruning as tp
 from models import SmallCNN
+from models.loop import five_line_loop
 from torch_pruning.pat.config.errors import PruningConfigError
 
 BASE = {
@@ -71,18 +72,8 @@ def _set(data: Any, path: Tuple[str, ...], value: Any) -> Any:
 
 def _exercise(model: nn.Module, pruner: Any) -> None:
     """A short run of the SPEC loop: a step per epoch and every prune() of the schedules."""
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
-    x, y = torch.randn(2, 3, 8, 8), torch.randint(0, 10, (2,))
-    for epoch in range(4):
-        loss = nn.functional.cross_entropy(model(x), y) + pruner.slice_regularize(model)
-        optimizer.zero_grad()
-        loss.backward()
-        pruner.channel_regularize(model)
-        optimizer.step()
-        pruner.prune(model, epoch)
-        if pruner.channel_pruner.reset_optimizer:
-            optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
-            pruner.channel_pruner.reset_optimizer = False
+    five_line_loop(model, pruner, [(torch.randn(2, 3, 8, 8), torch.randint(0, 10, (2,)))],
+                   epochs=4, make_optimizer=lambda params: torch.optim.SGD(params, lr=0.01))
 
 
 @pytest.mark.timeout(120)

@@ -34,7 +34,7 @@ from ..core.heads import head_count_attr
 from ..core.masks import strip_module_prefix
 from ..util.log import UserLog, emit
 from .group import ChannelGroup, ParamSlice
-from .tracing import build_graph  # noqa: F401  (used by the doctest examples)
+from .tracing import GroupDidNotConverge, build_graph, pruning_group  # build_graph: doctests
 
 __all__ = ["resolve_layers", "select_groups", "log_groups"]
 
@@ -188,7 +188,12 @@ def _build_group(DG: DependencyGraph, name: str, module: nn.Module,
     """The group rooted at ``module``'s output channels, or None and why it is skipped."""
     pruner = DG.get_pruner_of_module(module)
     channels = pruner.get_out_channels(module)
-    group = DG.get_pruning_group(module, pruner.prune_out_channels, list(range(channels)))
+    try:
+        group = pruning_group(DG, module, pruner.prune_out_channels, list(range(channels)))
+    except GroupDidNotConverge as exc:
+        return None, (f"upstream's DependencyGraph did not settle which layers share its channels "
+                      f"({exc} collected; the channels are folded into windows or heads by "
+                      "reshapes it cannot follow)")
     attention = [names.get(dep.target.module, "?") for dep, _ in group
                  if isinstance(dep.target.module, _ATTENTION)]
     if attention:

@@ -25,7 +25,8 @@ from ..config.errors import PruningConfigError
 from ..core.heads import head_count_attr
 from ..util.model import call_model
 
-__all__ = ["build_graph", "UntraceableModelError", "describe_inputs"]
+__all__ = ["build_graph", "UntraceableModelError", "describe_inputs", "pruning_group",
+           "GroupDidNotConverge"]
 
 SECTION = "channel_sparsity_args"
 
@@ -165,3 +166,57 @@ def build_graph(model: nn.Module, example_inputs: Any,
     graph.output_modules = {m for m, node in graph.module2node.items()
                             if node.grad_fn is not None and node.grad_fn in outputs}
     return graph
+
+
+class GroupDidNotConverge(RuntimeError):
+    """Upstream's propagation of one layer's channels through the graph kept growing without
+    settling (seen on shifted-window attention, e.g. torchvision's ``swin_t``)."""
+
+
+#: Bounds on a group under construction, beyond which its propagation counts as diverged: items
+#: per node of the graph (a converged group holds each (layer, handler) pair once or a few
+#: times) and channel indices in all (a flatten before a classifier legitimately multiplies
+#: indices by the spatial size, e.g. 512 x 7 x 7; the diverging walks seen in practice pass
+#: millions within seconds and then run for hours).
+GROUP_ITEMS_PER_NODE = 4
+GROUP_MAX_INDICES = 2_000_000
+
+
+def pruning_group(DG: DependencyGraph, module: nn.Module, pruning_fn: Callable[..., Any],
+                  idxs: List[int]) -> Any:
+    """``DG.get_pruning_group(module, pruning_fn, idxs)``, stopped with
+    :class:`GroupDidNotConverge` once the group under construction holds more than
+    :data:`GROUP_ITEMS_PER_NODE` items per node of the graph or more than
+    :data:`GROUP_MAX_INDICES` channel indices in all.
+
+    Upstream re-visits a layer whenever it arrives with a different index list, and each
+    flatten on the way multiplies the list; on some graphs (reshapes that fold channels into
+    windows and back, as in shifted-window attention) that grows without end. The bound turns a
+    build that would not finish into a layer skipped with a reason.
+
+    Example:
+        >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 2, 1))
+        >>> DG = build_graph(net, torch.randn(1, 3, 8, 8))
+        >>> len(pruning_group(DG, net[0], DG.get_pruner_of_module(net[0]).prune_out_channels,
+        ...                   [0, 1]))
+        3
+    """
+    from torch_pruning.dependency import graph as upstream_graph
+
+    limit = GROUP_ITEMS_PER_NODE * max(len(DG.module2node), 1)
+    plain = upstream_graph.Group
+    total = [0]
+
+    class BoundedGroup(plain):  # type: ignore[misc, valid-type]
+        def add_dep(self, dep: Any, idxs: Any) -> None:
+            total[0] += len(idxs)
+            if len(self._group) >= limit or total[0] > GROUP_MAX_INDICES:
+                raise GroupDidNotConverge(f"{len(self._group)} layer entries and {total[0]:,} "
+                                          "channel indices")
+            super().add_dep(dep, idxs)
+
+    upstream_graph.Group = BoundedGroup
+    try:
+        return DG.get_pruning_group(module, pruning_fn, idxs)
+    finally:
+        upstream_graph.Group = plain
