@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import sys
+import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -131,11 +134,42 @@ def pat_run(out: Path, rank: int, world: int, *, stop_after: Optional[int] = Non
             "class_after": type(model).__name__, "sharded_after": is_sharded(model)}
 
 
+class _Records(logging.Handler):
+    """Every ``torch_pruning.pat`` record this rank produced."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: List[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(f"{record.name}: {record.getMessage()[:80]}")
+
+
+def _watch_writes(root: Path, seen: List[str]) -> None:
+    """Record every file under ``root`` this process opens for writing (an audit hook)."""
+    flags_w = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
+
+    def hook(event: str, args: tuple) -> None:
+        if event == "open" and isinstance(args[0], (str, os.PathLike)) and \
+                os.fspath(args[0]).startswith(str(root)):
+            mode, flags = args[1], args[2]
+            if (mode is not None and any(c in str(mode) for c in "wax+")) or \
+                    (mode is None and isinstance(flags, int) and flags & flags_w):
+                seen.append(os.fspath(args[0]))
+
+    sys.addaudithook(hook)
+
+
 def _worker(rank: int, world: int, store: str, out: str, job: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    records, writes = _Records(), []
+    pat = logging.getLogger("torch_pruning.pat")
+    pat.setLevel(logging.DEBUG)
+    pat.addHandler(records)
     try:
         folder = Path(out)
+        _watch_writes(folder, writes)
         runs = {"full": lambda: pat_run(folder / "full", rank, world),
                 "stopped": lambda: pat_run(folder / "resumed", rank, world, stop_after=2),
                 "resumed": lambda: pat_run(folder / "resumed", rank, world,
@@ -143,17 +177,32 @@ def _worker(rank: int, world: int, store: str, out: str, job: str) -> None:
         result = {}
         for name in job.split(","):
             result[name] = runs[name]()
+        seen = [None] * world
+        dist.all_gather_object(seen, {"records": records.lines, "writes": writes})
         if rank == 0:
+            result["ranks"] = seen
             (folder / f"result_{job}.json").write_text(json.dumps(result))
     finally:
         dist.destroy_process_group()
+    # torch 2.14's gloo backend sometimes aborts during interpreter shutdown after
+    # destroy_process_group() (see tests/reliability/ddp_worker.py): everything is written,
+    # so leave without the teardown and let the spawn report this rank's real outcome
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def spawn(tmp_path: Path, job: str) -> Dict[str, Any]:
     import torch.multiprocessing as mp
 
     store = tmp_path / f"store_{job.replace(',', '_')}"
-    mp.spawn(_worker, args=(2, str(store), str(tmp_path), job), nprocs=2, join=True)
+    context = mp.spawn(_worker, args=(2, str(store), str(tmp_path), job), nprocs=2, join=False)
+    deadline = time.monotonic() + 120
+    while not context.join(timeout=2):  # raises with the worker's traceback if one fails
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail(f"the FSDP workers ({job}) did not finish within 120 s")
     return json.loads((tmp_path / f"result_{job}.json").read_text())
 
 
@@ -176,9 +225,9 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Any]:
     for name in ("full", "resumed"):
         prepare(tmp / name)
     two = spawn(tmp, "full,stopped")
-    resumed = spawn(tmp, "resumed")["resumed"]
-    return {"one": one, "two": two["full"], "stopped": two["stopped"], "resumed": resumed,
-            "tmp": tmp}
+    resumed = spawn(tmp, "resumed")
+    return {"one": one, "two": two["full"], "stopped": two["stopped"],
+            "resumed": resumed["resumed"], "ranks": [two["ranks"], resumed["ranks"]], "tmp": tmp}
 
 
 @pytest.mark.slow
@@ -207,6 +256,15 @@ def test_fsdp_job_resumes_from_a_rank_zero_checkpoint(runs: Dict[str, Any]) -> N
     model, missing, unexpected = load_state_dict_pruned(NormFreeCNN(), ckpt["model"])
     assert (missing, unexpected) == ([], [])
     assert model.stem.out_channels == full["shapes"]["stem.weight"][0]
+
+
+@pytest.mark.slow
+def test_only_rank_zero_logs_and_writes_under_fsdp(runs: Dict[str, Any]) -> None:
+    assert any("Physically removed" in line for line in runs["ranks"][0][0]["records"])
+    assert any("pruning_config.json" in path for path in runs["ranks"][0][0]["writes"])
+    for rank0, rank1 in runs["ranks"]:
+        assert rank1["records"] == []  # not even a debug record of the library on rank 1
+        assert rank1["writes"] == []   # no config state, report or temp file from rank 1
 
 
 def test_helpers_are_no_ops_on_a_plain_model() -> None:

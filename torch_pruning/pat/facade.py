@@ -235,8 +235,9 @@ class Pruning:
         if self._before is None and self.example_inputs is not None \
                 and not self.channel_pruner.reached_target:
             if is_sharded(self.model):  # counting copies the model, which FSDP2 forbids
-                logger.debug("the pruning report's 'before' rows need the model before "
-                             "fully_shard: call pruner.report() once before sharding")
+                emit("the pruning report's 'before' rows need the model before fully_shard: "
+                     "call pruner.report() once before sharding", level=logging.DEBUG,
+                     logger=logger)
                 return
             from .tools.report import layer_stats
 

@@ -36,6 +36,8 @@ from typing import Iterator, List, Tuple
 import torch
 from torch import nn
 
+from .log import emit
+
 __all__ = ["is_dtensor", "is_sharded", "local_tensor", "local_part", "full_tensor",
            "gathered_parameters", "reshard_model", "unshard_model"]
 
@@ -209,5 +211,6 @@ def unshard_model(model: nn.Module) -> bool:
                                                 requires_grad=param.requires_grad)
     for module in model.modules():
         _forget_fsdp(module)
-    logger.debug("gathered the sharded parameters and removed fully_shard from the model")
+    emit("gathered the sharded parameters and removed fully_shard from the model",
+         level=logging.DEBUG, logger=logger)
     return True
