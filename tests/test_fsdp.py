@@ -267,6 +267,36 @@ def test_only_rank_zero_logs_and_writes_under_fsdp(runs: Dict[str, Any]) -> None
         assert rank1["writes"] == []   # no config state, report or temp file from rank 1
 
 
+@pytest.fixture
+def one_rank(tmp_path: Path) -> Any:
+    """A one-process gloo group in this process (FSDP2 needs a process group)."""
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0,
+                            world_size=1)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+def test_unshard_gives_back_a_plain_model_to_shard_again(one_rank: Any, tmp_path: Path) -> None:
+    model = NormFreeCNN()
+    x = torch.randn(2, 3, 8, 8)
+    expected = model(x)
+    shard(model)
+    assert is_sharded(model) and type(model).__name__ == "FSDPNormFreeCNN"
+    with gathered_parameters(model):  # whole plain tensors inside, the shards after
+        assert not any(hasattr(p, "device_mesh") for p in model.parameters())
+    assert all(hasattr(p, "device_mesh") for p in model.parameters())
+    assert unshard_model(model) is True
+    assert type(model) is NormFreeCNN and not is_sharded(model)
+    assert all(type(p) is nn.Parameter for p in model.parameters())
+    assert torch.allclose(model(x), expected)
+    shard(model)  # the user's fully_shard works again on the same modules
+    assert torch.allclose(model(x), expected)
+    with pytest.raises(RuntimeError, match="before sharding"):
+        Pruning(model, prepare(tmp_path / "run"))
+
+
 def test_helpers_are_no_ops_on_a_plain_model() -> None:
     model = NormFreeCNN()
     before = dict(model.named_parameters())

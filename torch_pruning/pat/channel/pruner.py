@@ -41,7 +41,7 @@ from ..core.latency import LatencyCost, load_or_measure
 from ..core.macs import MacCounter
 from ..core.masks import MaskSet
 from ..core.schedule import ChannelSchedule
-from ..util.fsdp import gathered_parameters, unshard_model
+from ..util.fsdp import gathered_parameters, is_sharded, unshard_model
 from ..util.log import UserLog, emit, human_count
 from ..util.model import unwrap_model
 from .group import keep_masks, removal_plan
@@ -122,6 +122,11 @@ class ChannelPruner:
         self.regularizer: Optional[ChannelRegularizer] = None
         self.replaced_params: Dict[Any, Any] = {}
         self._model = unwrap_model(model)
+        if is_sharded(self._model):
+            raise RuntimeError(
+                "Pruning(...) was given a model sharded with fully_shard: build it on the whole "
+                "model before sharding (tracing and MAC counting copy the model, which FSDP2 "
+                "forbids); see docs/distributed.md")
         self._summary = cfg.log_str
         self._pruned: _Plan = {}
         self._ratio = 0.0
