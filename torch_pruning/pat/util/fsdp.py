@@ -139,9 +139,9 @@ def gathered_parameters(model: nn.Module) -> Iterator[None]:
 
     For rankings at an epoch end: importance functions (upstream's among them) read
     ``module.weight`` as a plain tensor. The whole tensors are copies: edits inside the block
-    are lost, so masks are applied after it. Peak memory: the whole model on every rank, as
-    during FSDP's forward of the largest unit plus every other unit. A no-op when nothing is
-    sharded. Must not run the model (FSDP's hooks would re-register the shards).
+    are lost, so masks are applied after it. Extra memory: the whole model's parameters on
+    every rank for the duration of the block. A no-op when nothing is sharded. Must not run
+    the model (FSDP's hooks would re-register the shards). A collective call.
 
     Example:
         >>> with gathered_parameters(model):  # doctest: +SKIP
