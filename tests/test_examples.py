@@ -24,7 +24,7 @@ TOLERANCE = 0.01  # MACs may land at most 1% of the original above mac_target
 # Per-example budgets in seconds (a few times their duration on two busy cores); pytest-timeout
 # gets 15 s more so the example's own timeout fires first and reports its output.
 BUDGET = {"digits_pat": 165, "two_inputs": 105, "resume": 165, "one_shot": 105,
-          "infer_rebuild": 105, "ddp_pat": 165, "transformer_heads": 105}
+          "infer_rebuild": 105, "ddp_pat": 165, "transformer_heads": 105, "fsdp_pat": 165}
 
 
 def run_example(args: List[str], out: Path, timeout: float) -> str:
@@ -191,6 +191,25 @@ def test_ddp_two_processes_gloo(tmp_path: Path) -> None:
     assert channel_state(tmp_path)["reach_mac_target"] is True
 
 
+@pytest.mark.timeout(BUDGET["fsdp_pat"] + 15)
+def test_fsdp2_two_processes_gloo(tmp_path: Path) -> None:
+    stdout = run_example(["-m", "torch.distributed.run", "--nproc_per_node", "2",
+                          "--master_port", str(free_port()), "examples/fsdp_pat.py",
+                          "--out", str(tmp_path), "--quick"], tmp_path, BUDGET["fsdp_pat"])
+    s = load_json(tmp_path / "summary.json")
+    assert s["world_size"] == 2 and s["reached_target"]
+    assert s["macs_ratio"] <= s["mac_target"] + TOLERANCE
+    assert s["resharded_at_epoch"] is not None and s["sharded_after"] is True
+    assert s["ranks_identical_every_epoch"] is True
+    assert s["full_checkpoint_reload_matches"] and s["sharded_checkpoint_reload_matches"]
+    mem = s["memory_at_removal_rank0"]  # the whole reduced model was held, then sharded again
+    assert mem["shard_bytes_after_reshard"] < mem["whole_bytes_after_removal"]
+    assert s["test_accuracy"] >= 80.0
+    assert stdout.count("FSDP2 (fully_shard) on gloo") == 1  # only rank 0 prints
+    assert channel_state(tmp_path)["reach_mac_target"] is True
+    assert "Gathered the FSDP-sharded model whole" in (tmp_path / "pat.log").read_text()
+
+
 @pytest.mark.timeout(BUDGET["transformer_heads"] + 15)
 def test_transformer_heads(tmp_path: Path) -> None:
     stdout = run_example(["examples/transformer_heads.py", "--out", str(tmp_path), "--quick"],
@@ -212,7 +231,7 @@ def test_transformer_heads(tmp_path: Path) -> None:
 
 
 TESTED = {"digits_pat.py", "two_inputs.py", "resume.py", "one_shot.py", "infer_rebuild.py",
-          "ddp_pat.py", "transformer_heads.py"}
+          "ddp_pat.py", "transformer_heads.py", "fsdp_pat.py"}
 
 
 def test_every_example_is_tested_and_has_its_config() -> None:

@@ -376,6 +376,7 @@ EXAMPLE_MODELS = {
     "digits_pat_config.json": ("digits", "1,1,8,8"),
     "digits_pat_config_quick.json": ("digits", "1,1,8,8"),
     "ddp_pat_config.json": ("digits16", "1,1,8,8"),
+    "fsdp_pat_config.json": ("digits16", "1,1,8,8"),
     "infer_rebuild_config.json": ("infer", "1,1,8,8"),
     "one_shot_config.json": ("digits16", "1,1,8,8"),
     "resume_config.json": ("resumed", "1,1,8,8"),

@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 __all__ = ["SmallCNN", "ResidualCNN", "ConcatCNN", "DepthwiseCNN", "GroupedCNN",
-           "TwinBranchCNN", "TwoInputNet", "DecoderCNN", "ChannelScale", "MODELS"]
+           "TwinBranchCNN", "TwoInputNet", "DecoderCNN", "ChannelScale", "NormFreeCNN",
+           "MODELS"]
 
 
 def _cbr(cin: int, cout: int, k: int = 3, stride: int = 1, groups: int = 1) -> nn.Sequential:
@@ -190,6 +191,30 @@ class DecoderCNN(nn.Module):
 
 
 #: name -> constructor, for parametrized tests.
+class NormFreeCNN(nn.Module):
+    """Conv-ReLU blocks without any normalization, an identity residual and a 5-class head.
+
+    No BatchNorm, so splitting a batch across processes changes nothing: the model of the
+    data-parallel equivalence tests (two FSDP2 ranks against one process). Groups: ``stem``
+    with ``block.2`` (coupled by the residual), ``block.0``, ``down``. The head's 5 rows shard
+    unevenly (3 + 2) over two ranks.
+    """
+
+    def __init__(self, width: int = 12) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, width, 3, padding=1)
+        self.block = nn.Sequential(nn.Conv2d(width, width, 3, padding=1), nn.ReLU(),
+                                   nn.Conv2d(width, width, 3, padding=1))
+        self.down = nn.Conv2d(width, 2 * width - 4, 3, stride=2, padding=1)
+        self.fc = nn.Linear(2 * width - 4, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.stem(x))
+        x = torch.relu(x + self.block(x))
+        x = torch.relu(self.down(x))
+        return self.fc(x.mean((2, 3)))
+
+
 MODELS: Dict[str, Callable[[], nn.Module]] = {
     "small": SmallCNN, "residual": ResidualCNN, "concat": ConcatCNN,
     "depthwise": DepthwiseCNN, "grouped": GroupedCNN, "decoder": DecoderCNN,

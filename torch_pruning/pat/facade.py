@@ -33,6 +33,7 @@ from .config.models import ChannelSparsityArgs
 from .core.masks import MaskSet
 from .core.pruner import InertPruner, Pruner
 from .util.log import UserLog, emit
+from .util.fsdp import is_sharded
 from .util.model import model_device, to_device, unwrap_model
 
 if TYPE_CHECKING:
@@ -233,6 +234,11 @@ class Pruning:
         """
         if self._before is None and self.example_inputs is not None \
                 and not self.channel_pruner.reached_target:
+            if is_sharded(self.model):  # counting copies the model, which FSDP2 forbids
+                emit("the pruning report's 'before' rows need the model before fully_shard: "
+                     "call pruner.report() once before sharding", level=logging.DEBUG,
+                     logger=logger)
+                return
             from .tools.report import layer_stats
 
             self._before = layer_stats(self.model, self.example_inputs)

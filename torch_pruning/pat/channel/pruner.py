@@ -13,6 +13,12 @@ until the MACs of the masked model are at most ``mac_target`` of the original; t
 handed to ``write_back`` (the facade writes it to the config file) and, with ``prune_at_target``, the masked channels are removed
 physically through upstream's group pruning. After that ``prune()`` only logs the summary.
 
+Under FSDP2 (``fully_shard`` applied after the pruner was built) rankings read the whole
+weights, all-gathered for the moment of ranking (:func:`~..util.fsdp.gathered_parameters`),
+masks are applied to each rank's shard, and a physical removal first gathers the model into
+plain parameters and removes ``fully_shard`` (:func:`~..util.fsdp.unshard_model`): the user
+shards the reduced model again before re-creating the optimizer (docs/distributed.md).
+
 Example:
     >>> masks = MaskSet()
     >>> pruner = ChannelPruner(model, cfg, example_inputs=torch.randn(1, 3, 32, 32),
@@ -35,6 +41,7 @@ from ..core.latency import LatencyCost, load_or_measure
 from ..core.macs import MacCounter
 from ..core.masks import MaskSet
 from ..core.schedule import ChannelSchedule
+from ..util.fsdp import gathered_parameters, is_sharded, unshard_model
 from ..util.log import UserLog, emit, human_count
 from ..util.model import unwrap_model
 from .group import keep_masks, removal_plan
@@ -115,6 +122,11 @@ class ChannelPruner:
         self.regularizer: Optional[ChannelRegularizer] = None
         self.replaced_params: Dict[Any, Any] = {}
         self._model = unwrap_model(model)
+        if is_sharded(self._model):
+            raise RuntimeError(
+                "Pruning(...) was given a model sharded with fully_shard: build it on the whole "
+                "model before sharding (tracing and MAC counting copy the model, which FSDP2 "
+                "forbids); see docs/distributed.md")
         self._summary = cfg.log_str
         self._pruned: _Plan = {}
         self._ratio = 0.0
@@ -133,8 +145,11 @@ class ChannelPruner:
                  "the model should have the reduced shapes (loaded with "
                  "load_state_dict_pruned); prune() checks its MACs against the stored result "
                  "once, then logs one line per epoch.", log, logger=logger)
+            self.macs()  # counting copies the model: now, before any fully_shard
             return
         self._build(self._model, announce=cfg.verbose >= 1)
+        if self.groups:  # the MAC counter copies the model: now, before any fully_shard
+            _ = self.counter
         if cfg.cost == "latency" and self.groups:
             _ = self.cost_model  # time the layers now, on the model as given (unpruned)
 
@@ -214,7 +229,8 @@ class ChannelPruner:
         if reg.growth == "linear":
             begin = min(reg.begin_epoch, self.cfg.start_epoch)
             scale = min(1.0, (epoch - begin + 1) / (self.cfg.start_epoch - begin + 1))
-        focus = self._final_plan() if reg.target == "pruned" else None
+        with gathered_parameters(self._model):
+            focus = self._final_plan() if reg.target == "pruned" else None
         if focus is not None or scale != self.regularizer.scale:
             self.regularizer.focus_on(focus, scale)
 
@@ -236,11 +252,12 @@ class ChannelPruner:
         if not self.schedule.is_step(epoch) or (self._last_epoch is not None
                                                and epoch <= self._last_epoch):
             return
-        plan, ratio, met = self._scheduled_plan(epoch)
-        reached = met or (self.cfg.mac_target == 0 and self.schedule.is_last_step(epoch))
-        plan, reached = self._agree(plan, reached)
-        if not reached:
-            self._watch_progress(plan, ratio, epoch, log)
+        with gathered_parameters(self._model):  # whole weights for ranking (FSDP2)
+            plan, ratio, met = self._scheduled_plan(epoch)
+            reached = met or (self.cfg.mac_target == 0 and self.schedule.is_last_step(epoch))
+            plan, reached = self._agree(plan, reached)
+            if not reached:
+                self._watch_progress(plan, ratio, epoch, log)
         self._commit(plan, ratio, epoch, log)
         if reached:
             self._finish(model, epoch, log, physical=self.cfg.prune_at_target)
@@ -275,10 +292,11 @@ class ChannelPruner:
              log, logger=logger)
 
     def _one_shot(self, model: nn.Module, epoch: int, log: Optional[UserLog]) -> None:
-        plan, ratio, met = self._select(self.cfg.global_prune_rate)
-        if self.cfg.infer:  # channels training zeroed are dead weight whatever the target says
-            plan = with_dead_units(self.groups, plan)
-            met = met or self._cost(plan) <= self.cfg.mac_target * self.base_cost
+        with gathered_parameters(self._model):
+            plan, ratio, met = self._select(self.cfg.global_prune_rate)
+            if self.cfg.infer:  # channels training zeroed are dead weight whatever the target says
+                plan = with_dead_units(self.groups, plan)
+                met = met or self._cost(plan) <= self.cfg.mac_target * self.base_cost
         if self.cfg.mac_target > 0 and not met:
             emit(f"global_prune_rate {ratio} leaves MACs above mac_target "
                  f"{self.cfg.mac_target}; pruning to the rate.", log, logging.WARNING, logger)
@@ -474,9 +492,15 @@ class ChannelPruner:
 
         Shapes shrink, every mask is re-indexed, the dependency graph is traced again and
         :attr:`reset_optimizer` becomes True: re-create the optimizer (and a DDP wrapper).
-        Use it after a run with ``prune_at_target: false``.
+        Use it after a run with ``prune_at_target: false``. A model sharded with FSDP2's
+        ``fully_shard`` is first gathered whole on every rank and ``fully_shard`` removed
+        (:func:`~..util.fsdp.unshard_model`): call ``fully_shard`` on it again.
         """
         model = unwrap_model(model)
+        if unshard_model(model):
+            emit("Gathered the FSDP-sharded model whole on every rank for the removal; it is "
+                 "returned unsharded: call fully_shard on it again, then re-create the "
+                 "optimizer.", log or self.log, logger=logger)
         macs = self._count(self._pruned)[0]  # equals the count after removal (tested)
         params_before = {(m, n): p for m in model.modules()
                          for n, p in m.named_parameters(recurse=False)}
@@ -549,6 +573,7 @@ class ChannelPruner:
         if removed:  # the model is loaded in its final shapes: nothing left to mask
             self.groups, self._pruned, self.regularizer = [], {}, None
             self._counter = self._cost_model = None
+            self.macs()  # counted now (it copies the model), before any fully_shard
             return
         self._pruned = pruned
         self.masks.clear(LAYER)

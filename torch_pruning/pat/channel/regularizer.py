@@ -32,6 +32,10 @@ coefficients are computed once; with ``gamma > 1`` the channels are re-ranked ev
 whenever more channels get masked, since ranking reads every weight and the ranking moves
 slowly.
 
+Under FSDP2 (parameters and gradients are DTensors sharded on dim 0) the coefficients stay
+whole and each rank adds ``lambda_c * w`` to the rows of its own shard; re-ranking reads the
+whole weights (all-gathered), so every rank ranks alike and the update equals one process's.
+
 Example:
     >>> reg = ChannelRegularizer(groups, PruningMethod.GROUP_NORM, reg=1e-4, mac_reg=0.0,
     ...                          gamma=1.0, costs={g.number: 1.0 for g in groups})  # doctest: +SKIP
@@ -48,6 +52,7 @@ import torch
 from torch import nn
 
 from ..config.models import PruningMethod
+from ..util.fsdp import full_tensor, local_part, local_tensor
 from .group import ChannelGroup, ParamSlice
 
 __all__ = ["ChannelRegularizer"]
@@ -177,7 +182,7 @@ class ChannelRegularizer:
         """
         out: Dict[_Key, torch.Tensor] = {}
         for (module, name), dims in self._param_dims.items():
-            w = getattr(module, name).detach()
+            w = full_tensor(getattr(module, name).detach())
             m = self._magnitude(w, [d for d in range(w.dim()) if d not in dims])
             for i, d in enumerate(dims):
                 others = [j for j in range(len(dims)) if j != i]
@@ -241,4 +246,5 @@ class ChannelRegularizer:
                 continue
             if c.device != param.device or c.dtype != param.dtype:
                 c = coef[key] = c.to(param.device, param.dtype)
-            param.grad.addcmul_(self._grad_fn(param.detach()), c)
+            local_tensor(param.grad).addcmul_(self._grad_fn(local_tensor(param.detach())),
+                                              local_part(c, param))

@@ -10,6 +10,10 @@ and weights follow them:
   step, so momentum, Adam moments and weight decay can never revive a masked weight;
 * after a physical removal :meth:`MaskSet.reindex` shrinks every mask to the new shapes.
 
+Masks always have the parameter's whole (global) shape. On a parameter sharded by FSDP2 (a
+DTensor) each rank zeroes the rows of its own shard (:func:`~..util.fsdp.local_part`), so the
+masks hold through optimizer steps on sharded parameters without communication.
+
 Masks are keyed by module and attribute name (not by ``Parameter`` object), so they survive
 ``model.to(device)`` and upstream's pruning functions replacing parameters.
 """
@@ -23,6 +27,8 @@ from typing import Dict, Iterator, List, Optional, Tuple
 import torch
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
+
+from ..util.fsdp import local_part, local_tensor
 
 __all__ = ["MaskSet", "strip_module_prefix"]
 
@@ -104,7 +110,7 @@ class MaskSet:
         masked stay masked: masks only grow.
         """
         param = getattr(module, name)
-        keep = keep.to(device=param.device, dtype=torch.bool).expand_as(param).clone()
+        keep = keep.to(device=param.device, dtype=torch.bool).expand(param.shape).clone()
         masks = self._layers.setdefault(layer, {})
         old = masks.get((module, name))
         masks[(module, name)] = keep if old is None else (old.to(param.device) & keep)
@@ -160,7 +166,7 @@ class MaskSet:
             self.version += 1
             return
         with torch.no_grad():
-            param.masked_fill_(~keep, 0)
+            local_tensor(param).masked_fill_(~local_part(keep, param), 0)
 
     @torch.no_grad()
     def apply(self) -> None:
@@ -178,7 +184,8 @@ class MaskSet:
         for (module, name), keep in self._effective.items():
             param = getattr(module, name, None)
             if param is not None and param.grad is not None and param.grad.shape == keep.shape:
-                param.grad.masked_fill_(~keep.to(param.grad.device), 0)
+                local_tensor(param.grad).masked_fill_(
+                    ~local_part(keep.to(param.grad.device), param.grad), 0)
 
     # ------------------------------------------------------------------ physical removal
     def reindex(self, channel_layer: str = "channel") -> None:

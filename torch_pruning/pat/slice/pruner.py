@@ -30,6 +30,7 @@ from ..config.errors import PruningConfigError
 from ..config.models import SliceMode, SliceSparsityArgs
 from ..core.masks import MaskSet, strip_module_prefix
 from ..core.schedule import SliceSchedule
+from ..util.fsdp import full_tensor, reshard_model
 from ..util.log import UserLog, emit, is_rank_zero
 from ..util.model import model_device, unwrap_model
 from .layout import SliceLayout, conv_block_size, is_depthwise, slice_layout
@@ -262,8 +263,11 @@ class SlicePruner:
                         (i, rec.layout, layer.active))
             self._plans = [_PenaltyPlan(members) for members in groups.values()]
             self._plan_key = key
+        # a weight sharded by FSDP2 enters whole (all-gathered, differentiable): the norms are
+        # over whole slices and each rank's shard receives its rows of the gradient
         terms = [_ReweightedSliceNorm.apply(plan, self.eps,
-                                            *(bound[i][1].weight for i in plan.positions))
+                                            *(full_tensor(bound[i][1].weight)
+                                              for i in plan.positions))
                  for plan in self._plans]
         if not terms:
             return torch.zeros((), device=model_device(model))
@@ -282,6 +286,7 @@ class SlicePruner:
         rate = self.schedule.rate_at(epoch)
         if not self.cfg.is_prune or rate is None:
             return
+        reshard_model(model)  # masks must reach FSDP2's sharded parameters
         for layer, conv in self._bind(model, rebind=True):
             rec = self._refresh(layer, conv)
             if rec.layout is None:
@@ -315,7 +320,7 @@ class SlicePruner:
         need = target - int((rec.pruned & eligible).sum())
         if need <= 0:
             return
-        scores = lay.sq_norms(conv.weight.detach().float())
+        scores = lay.sq_norms(full_tensor(conv.weight.detach()).float())  # same on every rank
         scores = scores.masked_fill(~eligible | rec.pruned, math.inf)
         order = torch.sort(scores, stable=True).indices[:need]
         keep = torch.ones(lay.num_slices, dtype=torch.bool, device=scores.device)
