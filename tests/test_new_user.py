@@ -225,6 +225,23 @@ def test_finished_config_with_the_pruned_checkpoint_is_quiet(tmp_path: Path, cap
                for r in caplog.records)
 
 
+def test_finished_config_without_stored_figures_warns_that_it_cannot_check(
+        tmp_path: Path, caplog, capsys) -> None:
+    """reach_mac_target set to true by hand (log_str empty): no silent skip either."""
+    folder = _folder(tmp_path, {"channel_sparsity_args": dict(
+        CHANNEL, mac_target=0.5, reach_mac_target=True, log_str="")})
+    model = _net()
+    pruner = Pruning(model, folder)
+    with caplog.at_level(logging.INFO, logger="torch_pruning.pat"):
+        pruner.prune(model, 0)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "records no MAC figures" in warnings[0]
+    assert str(folder / "pruning_config.json") in warnings[0]
+    assert "load_state_dict_pruned" in warnings[0] and "reach_mac_target to false" in warnings[0]
+    assert _validate(tmp_path, folder) == 0  # a warning: the model may well be the pruned one
+    assert "records no MAC figures" in capsys.readouterr().out
+
+
 # ---------------------------------------------------------------- item 5: logs a person can read
 def _deep_cnn(depth: int) -> nn.Module:
     layers: list = [nn.Conv2d(3, 8, 3, padding=1), nn.ReLU()]

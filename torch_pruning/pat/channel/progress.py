@@ -66,7 +66,8 @@ def finished_config_mismatch(cfg: ChannelSparsityArgs, macs_now: float,
                              source: str) -> Optional[str]:
     """The warning for a config that says the target was reached while the model has more MACs
     than the stored result (a finished config copied to a fresh run, no pruned checkpoint
-    loaded); None when the config is not finished or the model matches.
+    loaded), or records no result to check against (a hand-edited ``reach_mac_target``); None
+    when the config is not finished or the model matches.
 
     Example:
         >>> cfg = ChannelSparsityArgs(start_epoch=0, end_epoch=1, global_prune_rate=0.5,
@@ -77,7 +78,14 @@ def finished_config_mismatch(cfg: ChannelSparsityArgs, macs_now: float,
     if not cfg.reach_mac_target:
         return None
     stored = stored_macs(cfg.log_str)
-    if stored is None or macs_now <= stored[1] * _ROUNDING:
+    if stored is None:
+        return (f"{source} says {SECTION}.reach_mac_target is true, but its log_str records no "
+                f"MAC figures (\"MACs: A -> B\"), so whether this model ({human_count(macs_now)} "
+                "MACs) is the pruned one cannot be checked; channel pruning is skipped. If no "
+                "pruned checkpoint was loaded, load it with "
+                "torch_pruning.load_state_dict_pruned(model, weights), or set "
+                f"{SECTION}.reach_mac_target to false in {source} to prune again.")
+    if macs_now <= stored[1] * _ROUNDING:
         return None
     return (f"{source} says {SECTION}.reach_mac_target is true (the stored result: MACs "
             f"{human_count(stored[0])} -> {human_count(stored[1])}), but the model has "

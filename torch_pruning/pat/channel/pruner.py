@@ -48,7 +48,7 @@ from .group import keep_masks, removal_plan
 from .grouping import log_groups, select_groups
 from .importance import make_importance
 from .progress import ProgressWatch, finished_config_mismatch, stored_macs
-from .ranking import SelectionRules, select_units, with_dead_units
+from .ranking import SelectionRules, fill_to_target, select_units, with_dead_units
 from .regularizer import ChannelRegularizer
 from .tracing import build_graph
 
@@ -336,6 +336,9 @@ class ChannelPruner:
         if goal is None or self._cost(plan) > goal:
             return plan, ratio, False
         plan, ratio = self._land_on_target(scores, self._ratio, ratio, plan, goal)
+        if self._cost(plan) <= goal:
+            plan = fill_to_target(self.groups, scores, self._pruned, plan, self.rules,
+                                  self._cost, goal)
         return plan, ratio, target is not None and self._cost(plan) <= target
 
     def _scheduled_plan(self, epoch: int) -> Tuple[_Plan, float, bool]:

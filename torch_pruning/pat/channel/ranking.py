@@ -26,13 +26,14 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Dict, List, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
 from .group import ChannelGroup
 
-__all__ = ["SelectionRules", "kept_units", "ranking_scopes", "select_units", "with_dead_units"]
+__all__ = ["SelectionRules", "kept_units", "ranking_scopes", "select_units", "fill_to_target",
+           "with_dead_units"]
 
 _EPS = 1e-9
 
@@ -136,6 +137,54 @@ def select_units(groups: Sequence[ChannelGroup], scores: Dict[int, torch.Tensor]
             mask[_order(scores[g.number].cpu(), done)[:g.units - keep]] = True
             result[g.number] = mask | done
     return result
+
+
+def fill_to_target(groups: Sequence[ChannelGroup], scores: Dict[int, torch.Tensor],
+                   pruned: Dict[int, torch.Tensor], plan: Dict[int, torch.Tensor],
+                   rules: SelectionRules, cost: Callable[[Dict[int, torch.Tensor]], float],
+                   target: float) -> Dict[int, torch.Tensor]:
+    """``plan`` (at or under ``target``) with units it would newly prune given back, best first,
+    while the cost stays at or under ``target``.
+
+    A uniform ratio moves every group by whole units, and one unit of an early, wide-resolution
+    layer can be several percent of a small model's MACs, so the plan that first meets the
+    target often lands well under it. This spends that slack: each round it restores, in every
+    group, the highest-scoring unit(s) the plan newly prunes (a whole rounding step, so
+    ``block_size`` still holds; never a unit pruned before), and keeps the one that fits with
+    the highest score per unit of cost; it stops when no restoration fits.
+
+    Example:
+        >>> filled = fill_to_target(groups, scores, pruned, plan, rules, cost, target)  # doctest: +SKIP
+        >>> cost(plan) <= cost(filled) <= target  # doctest: +SKIP
+        True
+    """
+    plan = {k: v.clone() for k, v in plan.items()}
+    now = cost(plan)
+    for _ in range(sum(g.units for g in groups)):
+        best: Optional[Tuple[float, int, torch.Tensor, float]] = None
+        for g in groups:
+            step = math.lcm(rules.block_size, g.unit_width) // g.unit_width
+            fresh = plan[g.number] & ~pruned[g.number]
+            if int(fresh.sum()) < step:
+                continue
+            candidates = torch.nonzero(fresh).flatten()
+            top = candidates[torch.argsort(scores[g.number].cpu()[candidates].float(),
+                                           descending=True, stable=True)[:step]]
+            trial = dict(plan)
+            trial[g.number] = plan[g.number].clone()
+            trial[g.number][top] = False
+            after = cost(trial)
+            if after > target or after <= now:
+                continue
+            value = float(scores[g.number].cpu()[top].float().sum()) / (after - now)
+            if best is None or value > best[0]:
+                best = (value, g.number, top, after)
+        if best is None:
+            break
+        _, number, top, now = best
+        plan[number] = plan[number].clone()
+        plan[number][top] = False
+    return plan
 
 
 def with_dead_units(groups: Sequence[ChannelGroup],

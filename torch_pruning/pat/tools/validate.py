@@ -94,7 +94,8 @@ def _channel_plan(cfg: ChannelSparsityArgs, model: nn.Module, inputs: Any,
         mismatch = finished_config_mismatch(cfg, macs, source)
         if mismatch:
             lines.append(f"  warning: {mismatch}")
-            return lines, f"channel pruning would prune nothing: {mismatch}"
+            if stored_macs(cfg.log_str):  # the model has more MACs than the stored result
+                return lines, f"channel pruning would prune nothing: {mismatch}"
         lines.append("  reach_mac_target is true: channel pruning is finished, prune() "
                      "prunes no more channels" + (" (the model's MACs match the stored result)"
                                                   if stored_macs(cfg.log_str) else ""))
