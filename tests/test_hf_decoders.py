@@ -176,3 +176,16 @@ def test_per_layer_counts_round_trip_through_load_pretrained_pruned(arch: str,
     _assert_config_matches_weights(loaded)
     assert torch.allclose(logits(loaded, IDS), logits(model, IDS), rtol=1e-5, atol=1e-6)
     assert torch.equal(greedy(loaded, IDS), greedy(model, IDS))
+
+
+def test_inspect_lists_attention_and_mlps_with_counts_and_how_to_list_them() -> None:
+    from torch_pruning.pat.tools.summary import format_summary, summarize_model
+
+    text = format_summary(summarize_model(tiny_decoder("qwen2", 2), IDS))
+    assert ("model.layers.1.self_attn: 8 heads, 2 key/value heads of 4 (Qwen2Attention, "
+            "grouped-query attention): list 'model.layers.1.self_attn' to prune whole KV "
+            "groups, or 'model.layers.1.self_attn.q_proj'") in text
+    assert ("model.layers.0.mlp: 48 hidden features, Qwen2MLP: list "
+            "'model.layers.0.mlp.gate_proj'") in text
+    assert "model.layers.0.self_attn.q_proj (Linear): 2 KV groups of model.layers.0.self_attn" \
+        in text
