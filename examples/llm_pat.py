@@ -115,7 +115,7 @@ def train(model: nn.Module, output_dir: Path, data: torch.Tensor, args: argparse
             pruner.channel_pruner.reset_optimizer = False
             logger.info("epoch %d: KV groups and MLP features removed, optimizer re-created",
                         epoch)
-        logger.info("epoch %d: loss %.3f", epoch, float(loss))
+        logger.info("epoch %d: loss %.3f", epoch, loss.item())
     return pruner
 
 
