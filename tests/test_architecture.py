@@ -28,7 +28,7 @@ LAYER: Dict[str, int] = {
     "__init__": 7, "__main__": 7, "_startup_hook": 7,
 }
 #: Checkpoint loading must work without the pruners: only these PAT modules are allowed.
-CHECKPOINT_MAY_IMPORT = ("util", "config.errors", "core.heads", "checkpoint")
+CHECKPOINT_MAY_IMPORT = ("util", "config.errors", "core.heads", "core.hf", "checkpoint")
 #: The only modules that draw pictures.
 PLOTTING = {"tools.report", "tools.analyze_plots"}
 

@@ -24,7 +24,8 @@ TOLERANCE = 0.01  # MACs may land at most 1% of the original above mac_target
 # Per-example budgets in seconds (a few times their duration on two busy cores); pytest-timeout
 # gets 15 s more so the example's own timeout fires first and reports its output.
 BUDGET = {"digits_pat": 165, "two_inputs": 105, "resume": 165, "one_shot": 105,
-          "infer_rebuild": 105, "ddp_pat": 165, "transformer_heads": 105, "fsdp_pat": 165}
+          "infer_rebuild": 105, "ddp_pat": 165, "transformer_heads": 105, "fsdp_pat": 165,
+          "llm_pat": 105}
 
 
 def run_example(args: List[str], out: Path, timeout: float) -> str:
@@ -230,8 +231,29 @@ def test_transformer_heads(tmp_path: Path) -> None:
     assert "reloaded into a fresh split model" in stdout
 
 
+@pytest.mark.timeout(BUDGET["llm_pat"] + 15)
+def test_llm_pat(tmp_path: Path) -> None:
+    pytest.importorskip("transformers")
+    stdout = run_example(["examples/llm_pat.py", "--out", str(tmp_path), "--quick"],
+                         tmp_path, BUDGET["llm_pat"])
+    s = load_json(tmp_path / "summary.json")
+    assert s["reach_mac_target"] is True
+    assert s["mac_target"] - 0.05 <= s["macs_ratio"] <= s["mac_target"] + TOLERANCE
+    before, after = s["before"], s["after"]
+    assert before["query_heads"] == [8] * 4 and before["kv_heads"] == [2] * 4
+    for q, kv in zip(after["query_heads"], after["kv_heads"]):
+        assert 1 <= kv < 2 and q == 4 * kv  # whole KV groups: 4 query heads per KV head
+    assert all(n < 192 for n in after["mlp_hidden"])
+    assert s["pat_layers"]["num_key_value_heads"] == after["kv_heads"]
+    assert s["pat_layers"]["intermediate_size"] == after["mlp_hidden"]
+    assert s["reload"] == {"logits_max_diff": 0.0, "greedy_equal": True}
+    assert s["pat"]["perplexity"] < 256 and s["baseline"]["perplexity"] < 256  # it learned
+    assert "perplexity unpruned" in stdout and "sample (PAT)" in stdout
+    assert "optimizer re-created" in (tmp_path / "pat.log").read_text()
+
+
 TESTED = {"digits_pat.py", "two_inputs.py", "resume.py", "one_shot.py", "infer_rebuild.py",
-          "ddp_pat.py", "transformer_heads.py", "fsdp_pat.py"}
+          "ddp_pat.py", "transformer_heads.py", "fsdp_pat.py", "llm_pat.py"}
 
 
 def test_every_example_is_tested_and_has_its_config() -> None:

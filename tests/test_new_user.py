@@ -365,7 +365,7 @@ import sys
 sys.path.insert(0, {str(EXAMPLES)!r})
 import torch_pruning as tp
 from digits_pat import DigitsNet
-import infer_rebuild, resume, transformer_heads, two_inputs
+import infer_rebuild, llm_pat, resume, transformer_heads, two_inputs
 
 def digits():
     return DigitsNet()
@@ -386,6 +386,9 @@ def vit():
 
 def two():
     return two_inputs.TwoStreamNet()
+
+def llm():
+    return llm_pat.make_model(quick=True)
 '''
 
 #: config file -> (factory, input shape as the example's example_inputs)
@@ -399,6 +402,7 @@ EXAMPLE_MODELS = {
     "resume_config.json": ("resumed", "1,1,8,8"),
     "transformer_heads_config.json": ("vit", "1,1,8,8"),
     "two_inputs_config.json": ("two", "1,1,8,8;1,1,8,8"),
+    "llm_pat_config.json": ("llm", "1,16"),  # token ids: inspect/validate draw random ids
 }
 
 

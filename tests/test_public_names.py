@@ -42,7 +42,7 @@ TORCH_PRUNING_UTILS = [
 TORCH_PRUNING_PAT = [
     'CheckpointError', 'MaskSet', 'Pruning', 'PruningConfig', 'PruningConfigError',
     'SplitMultiheadAttention', 'attach', 'load_state_dict_pruned', 'optimizer_state_matches',
-    'split_multihead_attention']
+    'split_multihead_attention', 'load_pretrained_pruned']
 
 
 @pytest.mark.parametrize("module, names", [("torch_pruning", TORCH_PRUNING),

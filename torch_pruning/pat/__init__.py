@@ -11,7 +11,7 @@ overlay can locate upstream through :mod:`torch_pruning.pat._upstream` first.
 
 The code lives in concept folders with one-way imports (docs/architecture.md): ``util`` <-
 ``config`` <- ``core`` <- ``attention`` <- ``channel`` / ``slice`` <- ``tools`` <- ``facade``;
-``checkpoint`` needs only ``util``, ``config.errors`` and ``core.heads``.
+``checkpoint`` needs only ``util``, ``config.errors``, ``core.heads`` and ``core.hf``.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ __all__ = ["Pruning", "load_state_dict_pruned", "PruningConfigError", "PruningCo
            "CheckpointError", "MaskSet", "optimizer_state_matches", "SplitMultiheadAttention",
            "split_multihead_attention", "attach", "ChannelPruner", "SlicePruner", "Pruner",
            "CostModel", "PruningReport", "layer_stats", "analyze_run", "plot_analysis",
-           "register_rebuild_rule", "RebuildPlan", "recommend_config", "Distillation"]
+           "register_rebuild_rule", "RebuildPlan", "recommend_config", "Distillation",
+           "load_pretrained_pruned"]
 
 # Public name -> the module (in its concept folder, see docs/architecture.md) defining it.
 _LAZY: Dict[str, str] = {
@@ -33,6 +34,7 @@ _LAZY: Dict[str, str] = {
     "CheckpointError": ".checkpoint.loading",
     "optimizer_state_matches": ".checkpoint.optimizer",
     "register_rebuild_rule": ".checkpoint.rebuild",
+    "load_pretrained_pruned": ".checkpoint.hf",
     "RebuildPlan": ".checkpoint.rebuild",
     "PruningConfigError": ".config.errors",
     "PruningConfig": ".config.models",

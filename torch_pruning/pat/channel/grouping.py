@@ -28,9 +28,11 @@ from torch_pruning import ops
 from torch_pruning.dependency import Dependency, DependencyGraph, Group
 from torch_pruning.pruner import function as F
 
+from ..attention.gqa import FixedGroup, GQAMode, gqa_heads, gqa_items
 from ..attention.heads import checked_once, find_heads
 from ..config.errors import PruningConfigError
 from ..core.heads import head_count_attr
+from ..core.hf import is_hf_attention
 from ..core.masks import strip_module_prefix
 from ..util.log import UserLog, emit
 from .group import ChannelGroup, ParamSlice
@@ -114,6 +116,8 @@ def _every_prunable_layer(named: Dict[str, nn.Module]) -> List[Tuple[str, nn.Mod
     model outputs (the final classifier) are skipped later by :func:`select_groups`."""
     def attention(m: nn.Module) -> bool:  # the innermost module with a head count (a
         # transformer block may carry num_heads too, e.g. torchvision's EncoderBlock)
+        if is_hf_attention(m):
+            return True
         return isinstance(m, _ATTENTION) or (bool(head_count_attr(m)) and not any(
             isinstance(s, _ATTENTION) or head_count_attr(s) for s in m.modules() if s is not m))
 
@@ -160,7 +164,7 @@ def resolve_layers(model: nn.Module, layers: Union[str, Sequence[str]],
                                      f"{type(model).__name__}{hint}", source=source,
                                      field=LAYERS_FIELD)
         if not (isinstance(named[name], _ROOT_TYPES + _ATTENTION)
-                or head_count_attr(named[name])):
+                or head_count_attr(named[name]) or is_hf_attention(named[name])):
             raise PruningConfigError(
                 f"{LAYERS_FIELD}: '{raw}' is a {type(named[name]).__name__}; list Conv2d layers "
                 "(ConvTranspose2d, Linear and attention modules are accepted too)",
@@ -245,6 +249,44 @@ def _build_group(DG: DependencyGraph, name: str, module: nn.Module,
                         items, heads), ""
 
 
+def _hf_attention_of(name: str, names: Dict[str, nn.Module]
+                     ) -> Optional[Tuple[str, nn.Module, GQAMode]]:
+    """The HF attention module ``name`` is, or is a q/k/v/o projection of, with the unit its
+    listing selects (``q_proj``: query heads evenly per KV group; else whole KV groups)."""
+    module = names.get(name)
+    if module is not None and is_hf_attention(module):
+        return name, module, "kv_group"
+    parent, _, child = name.rpartition(".")
+    owner = names.get(parent)
+    if owner is not None and child in ("q_proj", "k_proj", "v_proj", "o_proj") \
+            and is_hf_attention(owner):
+        return parent, owner, "query" if child == "q_proj" else "kv_group"
+    return None
+
+
+def _gqa_group(DG: DependencyGraph, name: str, attention: nn.Module, mode: GQAMode,
+               names: Dict[nn.Module, str]) -> Tuple[Optional[ChannelGroup], str]:
+    """The group of an HF attention module's heads, written from its GQA layout
+    (:mod:`torch_pruning.pat.attention.gqa`), or None and why it is skipped."""
+    heads = gqa_heads(name, attention, mode)
+    if mode == "query" and heads.q_per_kv < 2:
+        return None, (f"{name} has one query head per key/value head, so query heads cannot "
+                      "be removed evenly from its KV groups; list the attention module itself "
+                      "to prune whole KV groups")
+    if any(p not in DG.module2node for p in (attention.q_proj, attention.k_proj,
+                                             attention.v_proj, attention.o_proj)):
+        return None, "not reached by the traced forward"
+    items = gqa_items(DG, heads, names)
+    slices: List[ParamSlice] = []
+    for target, dep, idxs, roots in items:
+        found = _slices_of(dep, idxs, roots) or []
+        slices += [ParamSlice(dep.target.module, p, d, i, r) for p, d, i, r in found]
+    root = attention.q_proj
+    deps = [n for n, _, _, _ in items[1:]]
+    return ChannelGroup(0, names[root], root, FixedGroup(DG, items), heads.width, 1, slices,
+                        deps, [n for n, _, _, _ in items], items, heads), ""
+
+
 def _heads_root(DG: DependencyGraph, attention: nn.Module, names: Dict[nn.Module, str]
                 ) -> Tuple[Optional[Tuple[str, nn.Module, ChannelGroup]], str]:
     """The first Linear inside ``attention`` whose group is made of ``attention``'s heads (its
@@ -282,7 +324,26 @@ def select_groups(model: nn.Module, DG: DependencyGraph, layers: Union[str, Sequ
     groups: List[ChannelGroup] = []
     owner: Dict[nn.Module, ChannelGroup] = {}
     skipped = skipped if skipped is not None else []
+    by_name = {n: m for m, n in names.items()}
     for name, module in resolve_layers(model, layers, source):
+        hf = _hf_attention_of(name, by_name)
+        if hf is not None:
+            group, why = _gqa_group(DG, hf[0], hf[1], hf[2], names)
+            if group is not None and group.root in owner:
+                if explicit and not quiet:
+                    emit(f"{name} is coupled with {owner[group.root].source}: pruned as group "
+                         f"{owner[group.root].number}", log, logger=logger)
+                continue
+            if group is not None and group.units <= group.min_units:
+                group, why = None, (f"only {group.units} unit(s) ({group.heads.attr}) in "
+                                    f"{hf[0]}: nothing left to prune")
+            if group is None:
+                skipped.append(f"{name}: {why}")
+                continue
+            group.number = len(groups) + 1
+            groups.append(group)
+            owner.setdefault(group.root, group)
+            continue
         if isinstance(module, _ATTENTION):
             skipped.append(f"{name} ({type(module).__name__}, {module.num_heads} heads): "
                            f"{_HEADS_UNSUPPORTED}")

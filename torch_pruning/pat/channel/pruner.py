@@ -37,6 +37,7 @@ from torch import nn
 
 from ..config.models import ChannelSparsityArgs, PruningMethod
 from ..core.cost import CostModel, RemovalPlan
+from ..core.hf import sync_hf_config
 from ..core.latency import LatencyCost, load_or_measure
 from ..core.macs import MacCounter
 from ..core.masks import MaskSet
@@ -516,7 +517,10 @@ class ChannelPruner:
             if idxs and g.heads is not None:
                 g.heads.remove(g.heads.module, self._pruned[g.number].nonzero().flatten())
                 heads.append(f"{g.heads.name}.{g.heads.attr}="
-                             f"{getattr(g.heads.module, g.heads.attr)}")
+                             f"{g.heads.count - int(self._pruned[g.number].sum())}")
+        if sync_hf_config(model) is not None:
+            emit(f"model.config follows the pruned weights: {model.config.pat_layers}",
+                 log or self.log, logging.DEBUG, logger)
         self.masks.reindex(LAYER)
         #: old Parameter -> (new Parameter, kept indices per dim), for carry_optimizer_state
         self.replaced_params = {

@@ -149,6 +149,8 @@ def build_graph(model: nn.Module, example_inputs: Any,
     def traced(m: nn.Module, inputs: Any) -> Any:
         out = (forward_fn or call_model)(m, inputs)
         outputs.extend(t.grad_fn for t in tensors_in(out))
+        if isinstance(out, dict) and "logits" in out:  # a Hugging Face ModelOutput: its KV
+            return tuple(tensors_in(out))  # cache object is no tensor upstream can trace
         return out
 
     try:

@@ -32,6 +32,7 @@ from torch.nn.parameter import is_lazy
 
 from ..core.heads import head_count_plans
 from ..util.log import emit
+from ..core.hf import sync_hf_config
 from ..util.model import unwrap_model
 from .rebuild import RebuildPlan, Shape, UnrebuildableError, apply_plans, find_rule, module_shapes
 
@@ -112,6 +113,8 @@ def load_state_dict_pruned(
         undo()
         raise CheckpointError(f"loading the checkpoint into the rebuilt model failed, so the "
                               f"model's layers were restored: {exc}") from exc
+    if changes and sync_hf_config(target) is not None:  # an HF decoder: config follows too
+        changes.append(f"config ({', '.join(f'{k}={v}' for k, v in target.config.pat_layers.items())})")
     if changes:  # emit: under torch.distributed only rank 0 logs
         emit(f"load_state_dict_pruned: rebuilt {len(changes)} module(s) to the checkpoint's "
              f"shapes: {'; '.join(changes[:10])}{' ...' if len(changes) > 10 else ''}",

@@ -68,7 +68,7 @@ def _setup_inspect(p: argparse.ArgumentParser) -> None:
 def _recommended(model: Any, shapes: Sequence[Shape], mac_target: float,
                  epochs: int) -> Dict[str, Any]:
     try:
-        return recommend_config(model, make_inputs(shapes), mac_target, epochs)
+        return recommend_config(model, make_inputs(shapes, model=model), mac_target, epochs)
     except ValueError as e:
         raise ToolError(f"--mac-target/--epochs: {e}") from e
 
@@ -86,7 +86,7 @@ def _run_inspect(args: argparse.Namespace) -> int:
             if target.exists():
                 raise ToolError(f"{target} already exists; pass --force to overwrite it")
         model = load_model(args.model)
-        summary = summarize_model(model, make_inputs(shapes))
+        summary = summarize_model(model, make_inputs(shapes, model=model))
         title = f"{args.model}, input {' + '.join(format_shape(s) for s in shapes)}"
         sys.stdout.write(format_summary(summary, title))
         if args.write_config and recipe:
@@ -140,7 +140,7 @@ def _run_validate(args: argparse.Namespace) -> int:
                           "channel_sparsity_args.input_shape")
         container = section.container if section is not None else None
         model = load_model(args.model)
-        report = check_config(loaded, model, make_inputs(shapes, container),
+        report = check_config(loaded, model, make_inputs(shapes, container, model=model),
                               inputs_field=("--input-shape" if args.input_shape
                                             else "channel_sparsity_args.input_shape"))
     except (ToolError, PruningConfigError) as e:

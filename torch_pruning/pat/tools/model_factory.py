@@ -120,9 +120,28 @@ def format_shape(shape: Sequence[int]) -> str:
     return "x".join(str(d) for d in shape)
 
 
-def make_inputs(shapes: Sequence[Shape], container: Optional[str] = None) -> Inputs:
-    """Random example inputs: one tensor for one shape, else a list (tuple if ``container``)."""
-    tensors = [torch.randn(*s) for s in shapes]
+def _vocabulary(model: Any) -> Optional[int]:
+    """The vocabulary size of a model that takes token ids (a Hugging Face model whose
+    ``get_input_embeddings()`` is an ``nn.Embedding``), else None."""
+    get = getattr(model, "get_input_embeddings", None)
+    embedding = get() if callable(get) else None
+    return embedding.num_embeddings if isinstance(embedding, torch.nn.Embedding) else None
+
+
+def make_inputs(shapes: Sequence[Shape], container: Optional[str] = None,
+                model: Any = None) -> Inputs:
+    """Random example inputs: one tensor for one shape, else a list (tuple if ``container``).
+
+    For a ``model`` that takes token ids (e.g. a Hugging Face decoder), a 2-D shape
+    ``batch,tokens`` gives random token ids instead of floats.
+
+    Example:
+        >>> make_inputs([[2, 3]]).dtype
+        torch.float32
+    """
+    vocab = _vocabulary(model) if model is not None else None
+    tensors = [torch.randint(0, vocab, tuple(s)) if vocab and len(s) == 2 else torch.randn(*s)
+               for s in shapes]
     if len(tensors) == 1:
         return tensors[0]
     return tuple(tensors) if container == "tuple" else tensors

@@ -76,6 +76,8 @@ class ModelSummary:
     module_types: Dict[str, str] = field(default_factory=dict)
     #: attention modules: (name, head count, how their heads are pruned)
     attention: List[Tuple[str, int, str]] = field(default_factory=list)
+    #: gated MLPs: (name, hidden features, how to list them)
+    mlps: List[Tuple[str, int, str]] = field(default_factory=list)
     #: prunable groups rooted at Linear layers and attention modules, as ``layers: "all"``
     #: selects them: (source layer, its type, channels, what is pruned)
     other_prunable: List[Tuple[str, str, int, str]] = field(default_factory=list)
@@ -207,7 +209,8 @@ def summarize_model(model: nn.Module, example_inputs: Inputs) -> ModelSummary:
                         other_macs=dict(sorted(other.items(), key=lambda kv: -kv[1][1])),
                         total_macs=total_macs, total_params=int(params),
                         module_types={n: type(m).__name__ for m, n in names.items() if n},
-                        attention=_attention_modules(names), other_prunable=other_prunable)
+                        attention=_attention_modules(names), other_prunable=other_prunable,
+                        mlps=_gated_mlps(names))
 
 
 def _other_prunable(model: nn.Module, graph: Any) -> List[Tuple[str, str, int, str]]:
@@ -218,7 +221,8 @@ def _other_prunable(model: nn.Module, graph: Any) -> List[Tuple[str, str, int, s
         return []
     found = []
     for g in select_groups(model, graph, layers, quiet=True):
-        what = (f"{g.units} heads of {g.heads.name}" if g.heads is not None
+        unit = "KV groups" if getattr(g.heads, "mode", "") == "kv_group" else "heads"
+        what = (f"{g.units} {unit} of {g.heads.name}" if g.heads is not None
                 else f"{g.channels} output features")
         found.append((g.source, type(g.root).__name__, g.channels, what))
     return found
@@ -227,17 +231,34 @@ def _other_prunable(model: nn.Module, graph: Any) -> List[Tuple[str, str, int, s
 def _attention_modules(names: Dict[nn.Module, str]) -> List[Tuple[str, int, str]]:
     """Modules whose heads the channel pruner can remove whole, or could after a split."""
     from ..core.heads import head_count_attr
+    from ..core.hf import gqa_counts, is_hf_attention
 
     found = []
     for m, name in names.items():
         attr = head_count_attr(m)
-        if isinstance(m, nn.MultiheadAttention):
+        if is_hf_attention(m):
+            q, kv, head_dim = gqa_counts(m)
+            query = (f", or '{name}.q_proj' to remove query heads evenly from every KV group"
+                     if q > kv else "")
+            found.append((name, q, f"{kv} key/value heads of {head_dim} ({type(m).__name__}, "
+                          f"grouped-query attention): list '{name}' to prune whole KV groups"
+                          f"{query}"))
+        elif isinstance(m, nn.MultiheadAttention):
             found.append((name or "<model>", m.num_heads, "nn.MultiheadAttention: call "
                           "torch_pruning.pat.split_multihead_attention(model) first"))
         elif attr and any(isinstance(c, nn.Linear) for c in m.modules()):
             found.append((name or "<model>", getattr(m, attr),
                           f"{type(m).__name__} ({attr}): list it in layers"))
     return found
+
+
+def _gated_mlps(names: Dict[nn.Module, str]) -> List[Tuple[str, int, str]]:
+    """Gated MLPs (``gate_proj``/``up_proj``/``down_proj``, as in Hugging Face decoders)."""
+    from ..core.hf import is_hf_gated_mlp
+
+    return [(name, m.gate_proj.out_features,
+             f"{type(m).__name__}: list '{name}.gate_proj' to prune its hidden features "
+             "(intermediate_size)") for m, name in names.items() if is_hf_gated_mlp(m)]
 
 
 def format_summary(summary: ModelSummary, title: str = "") -> str:
@@ -286,4 +307,10 @@ def format_summary(summary: ModelSummary, title: str = "") -> str:
                      "the ones it skips):")
         for name, heads, how in summary.attention:
             lines.append(f"  {name}: {heads} heads, {how}")
+    if summary.mlps:
+        lines.append("")
+        lines.append("Gated MLPs (gate_proj and up_proj outputs, down_proj inputs pruned "
+                     "together):")
+        for name, hidden, how in summary.mlps:
+            lines.append(f"  {name}: {hidden} hidden features, {how}")
     return "\n".join(lines) + "\n"
