@@ -232,9 +232,9 @@ def _build_group(DG: DependencyGraph, name: str, module: nn.Module,
         return None, (f"its channels are the embedding dimension of attention {attention[0]} "
                       "(MultiheadAttention), which cannot be masked exactly (the attention "
                       "scale and LayerNorm statistics would change)")
-    products = [dep.target.grad_fn.name() for dep, _ in group
-                if dep.target.grad_fn is not None
-                and any(op in dep.target.grad_fn.name() for op in _PRODUCT_OPS)]
+    ops_in_group = [dep.target.grad_fn.name() for dep, _ in group
+                    if dep.target.grad_fn is not None]
+    products = [op for op in ops_in_group if any(p in op for p in _PRODUCT_OPS)]
     ch = [] if products else _channel_groups(DG, group)
     ch_groups = max(ch) if ch else 1
     if any(n != ch_groups for n in ch) or channels % ch_groups:
