@@ -698,3 +698,34 @@ def test_groups_select_with_one_index_mapping(model_cls, monkeypatch) -> None:
     assert plain == [(g.source, [(s.name, s.dim, s.index.tolist(), s.roots.tolist())
                                  for s in g.slices])
                      for g in select_groups(model, DG, "all")]
+
+
+def _describe(groups) -> list:
+    return [(g.source, g.channels, g.ch_groups, g.dependencies, g.module_names,
+             [(s.module, s.name, s.dim, s.index.tolist(), s.roots.tolist()) for s in g.slices],
+             [(it.dep.target, it.dep.handler, list(it.idxs), list(it.root_idxs))
+              for it in g.group.items])
+            for g in groups]
+
+
+@pytest.mark.parametrize("name", sorted(MODELS) + ["resnet18", "mobilenet_v2", "densenet121"])
+def test_probed_groups_equal_full_groups(name, monkeypatch) -> None:
+    """Groups found with a one-channel probe (no index mapping on the way) are the groups
+    upstream gives for every channel: same members, positions, roots and upstream items."""
+    from torch_pruning.pat.channel import grouping
+    from torch_pruning.pat.channel.grouping import select_groups
+
+    if name in MODELS:
+        model = MODELS[name]()
+        inputs = X
+    else:
+        model = getattr(torchvision.models, name)(weights=None, num_classes=10)
+        inputs = torch.randn(1, 3, 32, 32)
+    DG = build_graph(model, inputs)
+    probed = select_groups(model, DG, "all")
+    # the probe is used where no concat/split is on the way (densenet: every group has one)
+    assert any(g.full_group is not None for g in probed) == (name != "densenet121")
+    monkeypatch.setattr(grouping, "_identity_mapped", lambda group: False)
+    full = select_groups(model, DG, "all")
+    assert all(g.full_group is None for g in full)
+    assert _describe(probed) == _describe(full)

@@ -225,7 +225,15 @@ def _build_group(DG: DependencyGraph, name: str, module: nn.Module,
     given; :func:`select_groups` computes it once for all groups)."""
     pruner = DG.get_pruner_of_module(module)
     channels = pruner.get_out_channels(module)
-    group = DG.get_pruning_group(module, pruner.prune_out_channels, list(range(channels)))
+
+    def full_group() -> Group:
+        return DG.get_pruning_group(module, pruner.prune_out_channels, list(range(channels)))
+
+    # who is coupled, from a one-channel probe; exact when no index mapping is on the way
+    group = DG.get_pruning_group(module, pruner.prune_out_channels, [0])
+    lazy = _identity_mapped(group)
+    if not lazy:
+        group = full_group()
     attention = [names.get(dep.target.module, "?") for dep, _ in group
                  if isinstance(dep.target.module, _ATTENTION)]
     if attention:
@@ -235,6 +243,9 @@ def _build_group(DG: DependencyGraph, name: str, module: nn.Module,
     ops_in_group = [dep.target.grad_fn.name() for dep, _ in group
                     if dep.target.grad_fn is not None]
     products = [op for op in ops_in_group if any(p in op for p in _PRODUCT_OPS)]
+    if products and lazy:  # heads are found from the positions of every channel
+        group, lazy = full_group(), False
+    every = torch.arange(channels)
     ch = [] if products else _channel_groups(DG, group)
     ch_groups = max(ch) if ch else 1
     if any(n != ch_groups for n in ch) or channels % ch_groups:
@@ -247,7 +258,8 @@ def _build_group(DG: DependencyGraph, name: str, module: nn.Module,
                 DG.is_out_channel_pruning_fn(dep.handler)
                 and dep.target.module in getattr(DG, "output_modules", ())):
             return None, "its channels are outputs of the model"
-        idxs, roots = _long_pair(item.idxs, item.root_idxs)
+        idxs, roots = ((every.clone(), every.clone()) if lazy
+                       else _long_pair(item.idxs, item.root_idxs))
         found = _slices_of(dep, idxs, roots)
         target = names.get(dep.target.module) if isinstance(dep.target.module, nn.Module) else None
         if found is None or (found and target is None):
@@ -275,7 +287,23 @@ def _build_group(DG: DependencyGraph, name: str, module: nn.Module,
         order = _module_order(names)
     deps.sort(key=lambda n: order.get(n, 0))
     return ChannelGroup(0, name, module, group, channels, ch_groups, slices, deps, mods,
-                        items, heads), ""
+                        items, heads, full_group if lazy else None), ""
+
+
+def _identity_mapped(group: Group) -> bool:
+    """True when no dependency leaving a layer of ``group`` maps channel positions (concat,
+    split, reshape, ... all leave upstream's index mappings at None otherwise).
+
+    Then upstream's traversal reaches the same layers whatever root positions it starts
+    from, every layer takes the root's positions unchanged, and a one-channel probe gives
+    the group's members; ``tests/test_channel_pruner.py::test_probed_groups_equal_full_groups``
+    compares them with full groups over the test models and torchvision's.
+    """
+    for dep, _ in group:
+        for out in dep.target.dependencies:
+            if any(m is not None for m in out.index_mapping):
+                return False
+    return True
 
 
 def _module_order(names: Dict[nn.Module, str]) -> Dict[str, int]:
@@ -362,7 +390,7 @@ def select_groups(model: nn.Module, DG: DependencyGraph, layers: Union[str, Sequ
                 continue
             group.number = len(groups) + 1
             groups.append(group)
-            for dep, _ in group.group:
+            for dep, _ in group.members:
                 if DG.is_out_channel_pruning_fn(dep.handler):
                     owner.setdefault(dep.target.module, group)
     if skipped:

@@ -189,8 +189,9 @@ def index_mapping_once(DG: DependencyGraph) -> Iterator[DependencyGraph]:
     Example:
         >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 2, 1))
         >>> DG = build_graph(net, torch.randn(1, 3, 8, 8))
+        >>> prune_out = DG.get_pruner_of_module(net[0]).prune_out_channels
         >>> with index_mapping_once(DG):
-        ...     len(DG.get_pruning_group(net[0], DG.get_pruner_of_module(net[0]).prune_out_channels, [0]))
+        ...     len(DG.get_pruning_group(net[0], prune_out, [0]))
         3
     """
     original = index_mapping.update_index_mapping

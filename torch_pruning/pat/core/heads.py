@@ -68,8 +68,9 @@ def _plain_attr(module: nn.Module, attr: str) -> object:
 
 @functools.lru_cache(maxsize=None)
 def _class_answers(cls: type, attr: str) -> bool:
-    """True when ``cls`` defines ``attr`` (e.g. a property) or its own ``__getattr__``."""
-    return cls.__getattr__ is not nn.Module.__getattr__ or hasattr(cls, attr)
+    """True when ``cls`` defines ``attr`` (e.g. a property) or does not use
+    ``nn.Module.__getattr__`` (its own, or not a module at all, e.g. an ``nn.Parameter``)."""
+    return getattr(cls, "__getattr__", None) is not nn.Module.__getattr__ or hasattr(cls, attr)
 
 
 def int_attr(module: nn.Module, names: Sequence[str]) -> Optional[int]:
