@@ -11,7 +11,13 @@ in one run and interleaved so that background load hits both sides alike:
 
 Targets: regularized step <= 1.15x the plain step; ``prune()`` <= 2 plain steps.
 
-Run:  python benchmarks/bench_slice.py [--steps 20] [--threads N] [--models resnet18 mobilenet_v2]
+Every figure is measured for each thread count (``--threads 1,all``: one thread, and every
+core of the machine, as users run) and each form of ``layers`` (``--layers explicit,all``: the
+seed's explicit list of the model's Conv2d names, and the default selection, every Conv2d
+whose filters fill whole blocks).
+
+Run:  python benchmarks/bench_slice.py [--steps 20] [--threads 1,all] [--layers explicit,all]
+      [--models resnet18 mobilenet_v2]
 Prints a markdown table.
 """
 
@@ -41,10 +47,27 @@ from torch_pruning.pat.config.models import SliceSparsityArgs  # noqa: E402
 BATCH, SIZE = 16, 64
 
 
-def make_cfg() -> SliceSparsityArgs:
+def make_cfg(layers: Optional[List[str]] = None) -> SliceSparsityArgs:
     return SliceSparsityArgs(block_size=8, depthwise_block_size=2, start_epoch=0, end_epoch=0,
                              prune_rate=0.5, pruning_gradually=False, reg=1e-4,
-                             disable_first_index=True)
+                             disable_first_index=True, layers=layers)
+
+
+def layer_list(model: nn.Module, form: str) -> Optional[List[str]]:
+    """None (the default selection) for ``"all"``, else the names of every Conv2d."""
+    if form == "all":
+        return None
+    return [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+
+
+def thread_counts(spec: str) -> List[int]:
+    """``"1,all"`` -> ``[1, <every core>]`` (duplicates dropped, order kept)."""
+    out: List[int] = []
+    for part in spec.split(","):
+        n = (os.cpu_count() or 1) if part.strip() == "all" else int(part)
+        if n not in out:
+            out.append(n)
+    return out
 
 
 def make_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
@@ -78,16 +101,17 @@ def interleaved(steps: Dict[str, Callable[[], None]], rounds: int, bar: tqdm) ->
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def bench(arch: str, rounds: int, bar: tqdm) -> Dict[str, float]:
+def bench(arch: str, form: str, rounds: int, bar: tqdm) -> Dict[str, float]:
     torch.manual_seed(0)
     base = getattr(torchvision.models, arch)(weights=None)
     x = torch.randn(BATCH, 3, SIZE, SIZE)
     y = torch.randint(0, 1000, (BATCH,))
+    layers = layer_list(base, form)
 
     def setup(masked: bool):
         model = copy.deepcopy(base)
         masks = MaskSet()
-        pruner = SlicePruner(model, make_cfg(), masks=masks)
+        pruner = SlicePruner(model, make_cfg(layers), masks=masks)
         if masked:
             pruner.prune(model, 0)
         opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-4)
@@ -110,7 +134,7 @@ def bench(arch: str, rounds: int, bar: tqdm) -> Dict[str, float]:
     prune_times = []
     for _ in range(3):
         model = copy.deepcopy(base)
-        pruner = SlicePruner(model, make_cfg(), masks=MaskSet())
+        pruner = SlicePruner(model, make_cfg(layers), masks=MaskSet())
         prune_times.append(timed(functools.partial(pruner.prune, model, 0)))
     result["prune"] = statistics.median(prune_times)
     result["slices"] = masked_pruner.sparsity()["overall"]["total"]
@@ -121,24 +145,31 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=20, help="timed rounds per model")
     parser.add_argument("--models", nargs="+", default=["resnet18", "mobilenet_v2"])
-    parser.add_argument("--threads", type=int, default=0,
-                        help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--threads", default="1,all",
+                        help="comma-separated torch thread counts; 'all' = every core")
+    parser.add_argument("--layers", default="explicit,all",
+                        help="comma-separated forms of slice_sparsity_args.layers: 'explicit' "
+                             "(every Conv2d name) and/or 'all' (the default selection)")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    threads = thread_counts(args.threads)
+    forms = [f.strip() for f in args.layers.split(",")]
     logging.getLogger("torch_pruning").setLevel(logging.WARNING)
     rows = []
-    with tqdm(total=args.steps * len(args.models), desc="bench_slice", file=sys.stderr) as bar:
-        for arch in args.models:
-            rows.append((arch, bench(arch, args.steps, bar)))
-    print(f"\nSlice pruning overhead, CPU ({torch.get_num_threads()} threads), batch {BATCH}, "
-          f"{SIZE}x{SIZE}, median of {args.steps} interleaved steps\n")
-    print("| model | slices | plain step (ms) | + slice_regularize | ratio | "
+    total = args.steps * len(args.models) * len(threads) * len(forms)
+    with tqdm(total=total, desc="bench_slice", file=sys.stderr) as bar:
+        for n in threads:
+            torch.set_num_threads(n)
+            for form in forms:
+                for arch in args.models:
+                    rows.append((arch, n, form, bench(arch, form, args.steps, bar)))
+    print(f"\nSlice pruning overhead, CPU, batch {BATCH}, {SIZE}x{SIZE}, median of {args.steps} "
+          "interleaved steps\n")
+    print("| model | threads | layers | slices | plain step (ms) | + slice_regularize | ratio | "
           "50% masked, no penalty | ratio | 50% masked + slice_regularize | ratio | "
           "prune() (ms) | prune / plain step |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for arch, r in rows:
-        cells = [arch, str(r["slices"]), f"{1e3 * r['plain']:.1f}"]
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for arch, n, form, r in rows:
+        cells = [arch, str(n), form, str(r["slices"]), f"{1e3 * r['plain']:.1f}"]
         for key in ("reg", "upkeep", "masked"):
             cells += [f"{1e3 * r[key]:.1f}", f"{r[key] / r['plain']:.3f}x"]
         cells += [f"{1e3 * r['prune']:.1f}", f"{r['prune'] / r['plain']:.2f}"]

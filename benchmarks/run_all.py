@@ -1,7 +1,13 @@
 """Run every benchmark and write ``docs/benchmarks.md`` (tables + the machine they ran on).
 
-    python benchmarks/run_all.py                 # all, about 10 minutes on 2 idle cores
+    python benchmarks/run_all.py                 # all, about 25 minutes on 2 idle cores
     python benchmarks/run_all.py --seeds 1 --steps 8 --out /tmp/b.md   # a quicker look
+    python benchmarks/run_all.py --overhead-only  # only the channel and slice overhead tables
+
+The channel and slice overhead benchmarks run at every thread count of ``--threads``
+(default ``1,all``: one thread, and every core, as users run) and with both forms of
+``layers`` (the seed's explicit list of Conv2d names, and ``"all"``). ``--overhead-only``
+reruns just those two and replaces their block of the existing page, leaving the rest.
 
 Each benchmark is a script of its own (``bench_channel.py``, ``bench_slice.py``) printing a
 markdown table of ratios measured in one run; the end-to-end figures run the digits example
@@ -22,11 +28,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 ROOT = Path(__file__).resolve().parents[1]
 #: A hand-written part of the page (the summary against the targets) that a rerun keeps.
 KEPT = re.compile(r"<!-- kept by run_all\.py -->.*?<!-- end kept -->\n?", re.S)
+#: The channel and slice overhead tables, which ``--overhead-only`` replaces alone.
+OVERHEAD = re.compile(r"<!-- overhead begin -->.*?<!-- overhead end -->", re.S)
 
 
 def kept_section(path: Path) -> str:
@@ -52,8 +60,12 @@ def machine() -> str:
             f"{datetime.date.today().isoformat()}")
 
 
-def run_script(args: List[str], threads: int) -> str:
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MPLBACKEND="Agg")
+def run_script(args: List[str], threads: Optional[int]) -> str:
+    """Run a benchmark script; ``threads`` sets OMP_NUM_THREADS (None: the scripts set their
+    thread counts themselves)."""
+    env = dict(os.environ, MPLBACKEND="Agg")
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads)
     out = subprocess.run([sys.executable] + args, cwd=ROOT, env=env, capture_output=True,
                          text=True, check=True)
     return out.stdout.strip()
@@ -75,43 +87,71 @@ def digits(seeds: int, extra: List[str] = ()) -> Dict[str, float]:
             "acc_drop_max": max(r["acc_base"] - r["acc_pat"] for r in rows)}
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=15)
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads for the overhead benchmarks (1: least noisy here)")
-    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
-    args = parser.parse_args(argv)
-    where = machine()
-    steps, threads = str(args.steps), str(args.threads)
-    channel = run_script(["benchmarks/bench_channel.py", "--steps", steps, "--threads", threads],
-                         args.threads)
-    slices = run_script(["benchmarks/bench_slice.py", "--steps", steps, "--threads", threads],
-                        args.threads)
-    latency = run_script(["benchmarks/bench_latency.py", "--threads", threads], args.threads)
-    heads = run_script(["benchmarks/bench_heads.py", "--threads", threads], args.threads)
-    d = digits(args.seeds)
-    c = digits(args.seeds, ["--carry-optimizer"])
-    text = f"""# Benchmarks
-
-Measured by `python benchmarks/run_all.py` on: {where}.
-Ratios are measured within one run (the variants interleaved), so background load hits both
-sides alike; absolute times are for orientation only. Tests never assert times.
+def overhead(steps: int, threads: str, command: str, where: str) -> str:
+    """The channel and slice overhead tables (every thread count, both forms of ``layers``),
+    between the markers ``--overhead-only`` replaces."""
+    common = ["--steps", str(steps), "--threads", threads, "--layers", "explicit,all"]
+    channel = run_script(["benchmarks/bench_channel.py", *common], None)
+    slices = run_script(["benchmarks/bench_slice.py", *common], None)
+    return f"""<!-- overhead begin -->
+Overhead tables measured by `{command}` on: {where}.
 
 ## Channel pruning (`benchmarks/bench_channel.py`)
 
 Targets: step with `channel_regularize` + mask upkeep <= 1.10x a plain step; a typical `prune()`
-<= 3 plain steps; `Pruning(...)` construction <= 1.5x upstream's `DependencyGraph` build; MACs
-reached within 1% under the target.
+<= 3 plain steps; `Pruning(...)` construction <= 1.5x upstream's `DependencyGraph` build (warm
+against warm: median of 3 builds of each on the same model copies); MACs reached within 1% under
+the target. `layers`: "explicit" is the seed's list of every Conv2d name, "all" is `"all"`.
 
 {channel}
 
 ## Slice pruning (`benchmarks/bench_slice.py`)
 
 Targets: step with `slice_regularize` <= 1.15x a plain step; `prune()` <= 2 plain steps.
+`layers`: "explicit" lists every Conv2d by name, "all" is the default selection.
 
 {slices}
+<!-- overhead end -->"""
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=15)
+    parser.add_argument("--threads", default="1,all",
+                        help="torch threads of the overhead benchmarks (comma-separated; 'all' "
+                             "= every core); the others run at the first count")
+    parser.add_argument("--overhead-only", action="store_true",
+                        help="rerun only the channel and slice overhead benchmarks and replace "
+                             "their block in --out")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    args = parser.parse_args(argv)
+    where = machine()
+    command = "python benchmarks/run_all.py " + " ".join(argv if argv is not None
+                                                         else sys.argv[1:])
+    page = args.out.read_text() if args.overhead_only and args.out.exists() else ""
+    if args.overhead_only and not OVERHEAD.search(page):
+        parser.error(f"{args.out} has no overhead block to replace; run without "
+                     "--overhead-only")
+    tables = overhead(args.steps, args.threads, command.strip(), where)
+    if args.overhead_only:
+        args.out.write_text(OVERHEAD.sub(lambda _: tables, page))
+        print(tables)
+        return 0
+    first = args.threads.split(",")[0].strip()
+    one = (os.cpu_count() or 1) if first == "all" else int(first)
+    threads = str(one)
+    latency = run_script(["benchmarks/bench_latency.py", "--threads", threads], one)
+    heads = run_script(["benchmarks/bench_heads.py", "--threads", threads], one)
+    d = digits(args.seeds)
+    c = digits(args.seeds, ["--carry-optimizer"])
+    text = f"""# Benchmarks
+
+Measured by `{command}` on: {where}.
+Ratios are measured within one run (the variants interleaved), so background load hits both
+sides alike; absolute times are for orientation only. Tests never assert times.
+
+{tables}
 
 {kept_section(args.out)}
 ## Latency-aware against MAC-based pruning (`benchmarks/bench_latency.py`)

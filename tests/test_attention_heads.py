@@ -234,3 +234,40 @@ def test_pruner_state_with_head_masks_resumes(tmp_path) -> None:
     assert all(torch.equal(a, b) for a, b in zip(pruner.channel_pruner._pruned.values(),
                                                  resumed.channel_pruner._pruned.values()))
     assert resumed.channel_pruner.macs() == pruner.channel_pruner.macs()
+
+
+class _WithProperty(nn.Module):
+    @property
+    def num_heads(self) -> int:
+        return 4
+
+
+class _Forwarding(nn.Module):
+    """A wrapper that answers attributes of an inner module (as e.g. PEFT wrappers do)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = nn.Module()
+        self.inner.n_heads = 2
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.inner, name)
+
+
+def _attr_module() -> nn.Module:
+    m = nn.Module()
+    m.heads = 8
+    return m
+
+
+@pytest.mark.parametrize("make,expected", [
+    (_attr_module, "heads"), (_WithProperty, "num_heads"), (_Forwarding, "n_heads"),
+    (lambda: nn.Linear(2, 2), None), (lambda: nn.Parameter(torch.zeros(2)), None),
+    (lambda: nn.MultiheadAttention(8, 2), None)])
+def test_head_count_attr_reads_attributes_like_getattr(make, expected) -> None:
+    from torch_pruning.pat.core.heads import head_count_attr
+
+    assert head_count_attr(make()) == expected

@@ -657,3 +657,75 @@ def test_upstream_counter_prints_but_ours_logs(capsys: pytest.CaptureFixture) ->
     assert "Warning" in capsys.readouterr().out
     assert MacCounter(model, inputs).base_macs == upstream
     assert capsys.readouterr().out == ""
+
+
+# --------------------------------------------------------------------------- construction cost
+@pytest.mark.parametrize("model_cls", [ConcatCNN, ResidualCNN, GroupedCNN])
+def test_groups_select_with_one_index_mapping(model_cls, monkeypatch) -> None:
+    """Upstream's get_pruning_group re-runs the graph's index mapping for every group; inside
+    ``index_mapping_once`` it runs once, and the groups (positions and roots) are the same."""
+    from torch_pruning.dependency import index_mapping
+    from torch_pruning.pat.channel.grouping import select_groups
+    from torch_pruning.pat.channel.tracing import index_mapping_once
+
+    model = model_cls()
+    DG = build_graph(model, X)
+    calls: List[int] = []
+    original = index_mapping.update_index_mapping
+    monkeypatch.setattr(index_mapping, "update_index_mapping",
+                        lambda graph: (calls.append(1), original(graph))[1])
+
+    def pruning_group(module: nn.Module):
+        pruner = DG.get_pruner_of_module(module)
+        return DG.get_pruning_group(module, pruner.prune_out_channels,
+                                    list(range(pruner.get_out_channels(module))))
+
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    repeated = [pruning_group(m) for m in convs]
+    assert len(calls) == len(convs)  # upstream: once per group
+    calls.clear()
+    with index_mapping_once(DG):
+        once = [pruning_group(m) for m in convs]
+    assert len(calls) == 1
+    for a, b in zip(repeated, once):
+        assert [(it.dep.target, it.dep.handler, it.idxs, it.root_idxs) for it in a.items] == \
+            [(it.dep.target, it.dep.handler, it.idxs, it.root_idxs) for it in b.items]
+    assert index_mapping.update_index_mapping is not original  # ours restored the patch...
+    monkeypatch.undo()
+    assert index_mapping.update_index_mapping is original  # ...and nothing else is left
+    plain = [(g.source, [(s.name, s.dim, s.index.tolist(), s.roots.tolist()) for s in g.slices])
+             for g in select_groups(model, build_graph(model, X), "all")]
+    assert plain == [(g.source, [(s.name, s.dim, s.index.tolist(), s.roots.tolist())
+                                 for s in g.slices])
+                     for g in select_groups(model, DG, "all")]
+
+
+def _describe(groups) -> list:
+    return [(g.source, g.channels, g.ch_groups, g.dependencies, g.module_names,
+             [(s.module, s.name, s.dim, s.index.tolist(), s.roots.tolist()) for s in g.slices],
+             [(it.dep.target, it.dep.handler, list(it.idxs), list(it.root_idxs))
+              for it in g.group.items])
+            for g in groups]
+
+
+@pytest.mark.parametrize("name", sorted(MODELS) + ["resnet18", "mobilenet_v2", "densenet121"])
+def test_probed_groups_equal_full_groups(name, monkeypatch) -> None:
+    """Groups found with a one-channel probe (no index mapping on the way) are the groups
+    upstream gives for every channel: same members, positions, roots and upstream items."""
+    from torch_pruning.pat.channel import grouping
+    from torch_pruning.pat.channel.grouping import select_groups
+
+    if name in MODELS:
+        model = MODELS[name]()
+        inputs = X
+    else:
+        model = getattr(torchvision.models, name)(weights=None, num_classes=10)
+        inputs = torch.randn(1, 3, 32, 32)
+    DG = build_graph(model, inputs)
+    probed = select_groups(model, DG, "all")
+    # the probe is used where no concat/split is on the way (densenet: every group has one)
+    assert any(g.full_group is not None for g in probed) == (name != "densenet121")
+    monkeypatch.setattr(grouping, "_identity_mapped", lambda group: False)
+    full = select_groups(model, DG, "all")
+    assert all(g.full_group is None for g in full)
+    assert _describe(probed) == _describe(full)

@@ -65,7 +65,7 @@ class ChannelGroup:
     number: int
     source: str
     root: nn.Module
-    group: Group
+    members: Group
     channels: int
     ch_groups: int
     slices: List[ParamSlice]
@@ -73,6 +73,22 @@ class ChannelGroup:
     module_names: List[str]
     items: List[Tuple[str, Dependency, torch.Tensor, torch.Tensor]] = field(repr=False)
     heads: Optional[AttentionHeads] = None
+    #: Makes upstream's group with every channel, when ``members`` is a probe (see below).
+    full_group: Optional[Callable[[], Group]] = field(default=None, repr=False)
+
+    @property
+    def group(self) -> Group:
+        """Upstream's group of every root channel (for importance and physical removal).
+
+        :func:`~torch_pruning.pat.channel.grouping.select_groups` may find a group's members
+        with a one-channel probe, when no index mapping (concat, split, reshape, ...) is on
+        its way, so every coupled layer takes the root's positions as they are; upstream's
+        full group (one Python object per channel and layer) is then made here, on first use.
+        ``members`` has the same dependencies in the same order, for reading who is coupled.
+        """
+        if self.full_group is not None:
+            self.members, self.full_group = self.full_group(), None
+        return self.members
 
     @property
     def units(self) -> int:

@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import difflib
+import functools
 import logging
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
@@ -36,7 +37,8 @@ from ..core.hf import is_hf_attention
 from ..core.masks import strip_module_prefix
 from ..util.log import UserLog, emit
 from .group import ChannelGroup, ParamSlice
-from .tracing import GroupDidNotConverge, build_graph, pruning_group  # build_graph: doctests
+from .tracing import (GroupDidNotConverge, build_graph,  # noqa: F401  (build_graph: doctests)
+                      index_mapping_once, pruning_group)
 
 __all__ = ["resolve_layers", "select_groups", "log_groups"]
 
@@ -56,8 +58,26 @@ _HEADS_UNSUPPORTED = (
     "before Pruning(...) to prune its heads whole, or list the block's MLP Linear layers")
 
 
+@functools.lru_cache(maxsize=None)
+def _range_list(n: int) -> List[int]:
+    """``list(range(n))``, made once per length (only compared against, never changed)."""
+    return list(range(n))
+
+
 def _long(values: Sequence[int]) -> torch.Tensor:
+    """``values`` as a LongTensor; ``arange`` for ``0..n-1`` in order (most positions of a
+    group), compared in C instead of converted element by element."""
+    n = len(values)
+    if n and values[0] == 0 and values[-1] == n - 1 and values == _range_list(n):
+        return torch.arange(n)
     return torch.from_numpy(np.asarray(values, dtype=np.int64))
+
+
+def _long_pair(idxs: Sequence[int], roots: Sequence[int]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """A group item's positions and root channels as LongTensors (converted once when equal,
+    as they are for every layer that does not re-index the channels)."""
+    index = _long(idxs)
+    return index, (index.clone() if roots == idxs else _long(roots))
 
 
 def _is_dummy(dep: Dependency) -> bool:
@@ -128,8 +148,20 @@ def _every_prunable_layer(named: Dict[str, nn.Module]) -> List[Tuple[str, nn.Mod
             and (isinstance(m, _ROOT_TYPES) or kinds[id(m)])]
 
 
+def _named_modules(model: nn.Module, DG: Optional[DependencyGraph] = None
+                   ) -> List[Tuple[str, nn.Module]]:
+    """``model.named_modules()`` as a list; from the names ``DG`` recorded when it traced
+    ``model`` (upstream's ``_module2name``, the same walk) instead of walking the model again."""
+    recorded = getattr(DG, "_module2name", None) if getattr(DG, "model", None) is model else None
+    if isinstance(recorded, dict):
+        return [(n, m) for m, n in recorded.items()]
+    return list(model.named_modules())
+
+
 def resolve_layers(model: nn.Module, layers: Union[str, Sequence[str]],
-                   source: str = "") -> List[Tuple[str, nn.Module]]:
+                   source: str = "", *,
+                   named_modules: Optional[Sequence[Tuple[str, nn.Module]]] = None
+                   ) -> List[Tuple[str, nn.Module]]:
     """The configured ``layers`` as ``(name, module)``; ``"all"`` = every layer kind the channel
     pruner can take (Conv2d, ConvTranspose2d, Linear, attention modules; see
     :func:`_every_prunable_layer`).
@@ -143,8 +175,11 @@ def resolve_layers(model: nn.Module, layers: Union[str, Sequence[str]],
         >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
         >>> [name for name, _ in resolve_layers(net, "all")]
         ['0']
+
+    ``named_modules``: ``list(model.named_modules())`` when the caller already has it.
     """
-    named = {strip_module_prefix(n): m for n, m in model.named_modules() if n}
+    pairs = model.named_modules() if named_modules is None else named_modules
+    named = {strip_module_prefix(n): m for n, m in pairs if n}
     prunable = [n for n, m in named.items() if isinstance(m, _ROOT_TYPES)]
     if layers == "all":
         return _every_prunable_layer(named)
@@ -188,12 +223,22 @@ def _channel_groups(DG: DependencyGraph, group: Group) -> List[int]:
 
 
 def _build_group(DG: DependencyGraph, name: str, module: nn.Module,
-                 names: Dict[nn.Module, str]) -> Tuple[Optional[ChannelGroup], str]:
-    """The group rooted at ``module``'s output channels, or None and why it is skipped."""
+                 names: Dict[nn.Module, str], order: Optional[Dict[str, int]] = None
+                 ) -> Tuple[Optional[ChannelGroup], str]:
+    """The group rooted at ``module``'s output channels, or None and why it is skipped.
+    ``order``: each module name's position in the model (computed from ``names`` if not
+    given; :func:`select_groups` computes it once for all groups)."""
     pruner = DG.get_pruner_of_module(module)
     channels = pruner.get_out_channels(module)
-    try:
-        group = pruning_group(DG, module, pruner.prune_out_channels, list(range(channels)))
+
+    def full_group() -> Group:
+        return pruning_group(DG, module, pruner.prune_out_channels, list(range(channels)))
+
+    try:  # who is coupled, from a one-channel probe; exact when no index mapping is on the way
+        group = pruning_group(DG, module, pruner.prune_out_channels, [0])
+        lazy = _identity_mapped(group)
+        if not lazy:
+            group = full_group()
     except GroupDidNotConverge as exc:
         return None, (f"upstream's DependencyGraph did not settle which layers share its channels "
                       f"({exc} collected; the channels are folded into windows or heads by "
@@ -204,9 +249,12 @@ def _build_group(DG: DependencyGraph, name: str, module: nn.Module,
         return None, (f"its channels are the embedding dimension of attention {attention[0]} "
                       "(MultiheadAttention), which cannot be masked exactly (the attention "
                       "scale and LayerNorm statistics would change)")
-    products = [dep.target.grad_fn.name() for dep, _ in group
-                if dep.target.grad_fn is not None
-                and any(op in dep.target.grad_fn.name() for op in _PRODUCT_OPS)]
+    ops_in_group = [dep.target.grad_fn.name() for dep, _ in group
+                    if dep.target.grad_fn is not None]
+    products = [op for op in ops_in_group if any(p in op for p in _PRODUCT_OPS)]
+    if products and lazy:  # heads are found from the positions of every channel
+        group, lazy = full_group(), False
+    every = torch.arange(channels)
     ch = [] if products else _channel_groups(DG, group)
     ch_groups = max(ch) if ch else 1
     if any(n != ch_groups for n in ch) or channels % ch_groups:
@@ -219,7 +267,8 @@ def _build_group(DG: DependencyGraph, name: str, module: nn.Module,
                 DG.is_out_channel_pruning_fn(dep.handler)
                 and dep.target.module in getattr(DG, "output_modules", ())):
             return None, "its channels are outputs of the model"
-        idxs, roots = _long(item.idxs), _long(item.root_idxs)
+        idxs, roots = ((every.clone(), every.clone()) if lazy
+                       else _long_pair(item.idxs, item.root_idxs))
         found = _slices_of(dep, idxs, roots)
         target = names.get(dep.target.module) if isinstance(dep.target.module, nn.Module) else None
         if found is None or (found and target is None):
@@ -243,10 +292,11 @@ def _build_group(DG: DependencyGraph, name: str, module: nn.Module,
             return None, (f"its channels pass through a batched matrix product ({products[0]}, "
                           "e.g. attention's q @ k or attn @ v), where only whole heads can be "
                           f"removed exactly, and {why}")
-    order = {n: i for i, n in enumerate(names.values())}
+    if order is None:
+        order = _module_order(names)
     deps.sort(key=lambda n: order.get(n, 0))
     return ChannelGroup(0, name, module, group, channels, ch_groups, slices, deps, mods,
-                        items, heads), ""
+                        items, heads, full_group if lazy else None), ""
 
 
 def _hf_attention_of(name: str, names: Dict[str, nn.Module]
@@ -287,14 +337,35 @@ def _gqa_group(DG: DependencyGraph, name: str, attention: nn.Module, mode: GQAMo
                         deps, [n for n, _, _, _ in items], items, heads), ""
 
 
-def _heads_root(DG: DependencyGraph, attention: nn.Module, names: Dict[nn.Module, str]
+def _identity_mapped(group: Group) -> bool:
+    """True when no dependency leaving a layer of ``group`` maps channel positions (concat,
+    split, reshape, ... all leave upstream's index mappings at None otherwise).
+
+    Then upstream's traversal reaches the same layers whatever root positions it starts
+    from, every layer takes the root's positions unchanged, and a one-channel probe gives
+    the group's members; ``tests/test_channel_pruner.py::test_probed_groups_equal_full_groups``
+    compares them with full groups over the test models and torchvision's.
+    """
+    for dep, _ in group:
+        for out in dep.target.dependencies:
+            if any(m is not None for m in out.index_mapping):
+                return False
+    return True
+
+
+def _module_order(names: Dict[nn.Module, str]) -> Dict[str, int]:
+    return {n: i for i, n in enumerate(names.values())}
+
+
+def _heads_root(DG: DependencyGraph, attention: nn.Module, names: Dict[nn.Module, str],
+                order: Optional[Dict[str, int]] = None
                 ) -> Tuple[Optional[Tuple[str, nn.Module, ChannelGroup]], str]:
     """The first Linear inside ``attention`` whose group is made of ``attention``'s heads (its
     name, module and group), else None and why its heads cannot be pruned."""
     why = "none of its Linear layers feeds its heads through q @ k / attn @ v"
     for sub in attention.modules():
         if isinstance(sub, nn.Linear) and sub in DG.module2node:
-            group, reason = _build_group(DG, names[sub], sub, names)
+            group, reason = _build_group(DG, names[sub], sub, names, order)
             if group is not None and group.heads is not None and group.heads.module is attention:
                 return (names[sub], sub, group), ""
             if "matrix product" in reason and why.startswith("none"):
@@ -318,71 +389,76 @@ def select_groups(model: nn.Module, DG: DependencyGraph, layers: Union[str, Sequ
         >>> [g.source for g in select_groups(net, build_graph(net, torch.randn(1, 3, 8, 8)), "all")]
         ['0']
     """
-    names = {m: strip_module_prefix(n) for n, m in model.named_modules()}
+    pairs = _named_modules(model, DG)
+    names = {m: strip_module_prefix(n) for n, m in pairs}
+    order = _module_order(names)
     projections = {m.out_proj: names[m] for m in names if isinstance(m, _ATTENTION)}
     explicit = layers != "all"
     groups: List[ChannelGroup] = []
     owner: Dict[nn.Module, ChannelGroup] = {}
     skipped = skipped if skipped is not None else []
     by_name = {n: m for m, n in names.items()}
-    for name, module in resolve_layers(model, layers, source):
-        hf = _hf_attention_of(name, by_name)
-        if hf is not None:
-            group, why = _gqa_group(DG, hf[0], hf[1], hf[2], names)
-            if group is not None and group.root in owner:
-                if explicit and not quiet:
-                    emit(f"{name} is coupled with {owner[group.root].source}: pruned as group "
-                         f"{owner[group.root].number}", log, logger=logger)
+    with index_mapping_once(DG):  # upstream's get_pruning_group would redo it per group
+        for name, module in resolve_layers(model, layers, source, named_modules=pairs):
+            hf = _hf_attention_of(name, by_name)
+            if hf is not None:
+                group, why = _gqa_group(DG, hf[0], hf[1], hf[2], names)
+                if group is not None and group.root in owner:
+                    if explicit and not quiet:
+                        emit(f"{name} is coupled with {owner[group.root].source}: pruned as "
+                             f"group {owner[group.root].number}", log, logger=logger)
+                    continue
+                if group is not None and group.units <= group.min_units:
+                    group, why = None, (f"only {group.units} unit(s) ({group.heads.attr}) in "
+                                        f"{hf[0]}: nothing left to prune")
+                if group is None:
+                    skipped.append(f"{name}: {why}")
+                    continue
+                group.number = len(groups) + 1
+                groups.append(group)
+                owner.setdefault(group.root, group)
                 continue
+            if isinstance(module, _ATTENTION):
+                skipped.append(f"{name} ({type(module).__name__}, {module.num_heads} heads): "
+                               f"{_HEADS_UNSUPPORTED}")
+                continue
+            if module in projections:
+                skipped.append(f"{name}: the output projection of attention {projections[module]} "
+                               f"(MultiheadAttention); {_HEADS_UNSUPPORTED}")
+                continue
+            built: Optional[ChannelGroup] = None
+            if not isinstance(module, _ROOT_TYPES):  # an attention module with a head count
+                root, why = _heads_root(DG, module, names, order)
+                if root is None:
+                    skipped.append(f"{name} ({type(module).__name__}): {why}")
+                    continue
+                name, module, built = root
+            if module in owner:
+                if explicit and not quiet:
+                    emit(f"{name} is coupled with {owner[module].source}: pruned as group "
+                         f"{owner[module].number}", log, logger=logger)
+                continue
+            if module not in DG.module2node:
+                skipped.append(f"{name}: not reached by the traced forward")
+                continue
+            group, why = ((built, "") if built is not None
+                          else _build_group(DG, name, module, names, order))
             if group is not None and group.units <= group.min_units:
-                group, why = None, (f"only {group.units} unit(s) ({group.heads.attr}) in "
-                                    f"{hf[0]}: nothing left to prune")
+                # also keeps upstream's GroupMagnitudeImportance away from grouped convs with one
+                # input channel per group, where it raises IndexError
+                # (tests/test_channel_pruner.py)
+                group, why = None, ((f"only {group.units} head(s) in {group.heads.name}"
+                                     if group.heads else
+                                     f"only {group.channels} channel(s) in {group.ch_groups} "
+                                     "channel group(s)") + ": nothing left to prune")
             if group is None:
                 skipped.append(f"{name}: {why}")
                 continue
             group.number = len(groups) + 1
             groups.append(group)
-            owner.setdefault(group.root, group)
-            continue
-        if isinstance(module, _ATTENTION):
-            skipped.append(f"{name} ({type(module).__name__}, {module.num_heads} heads): "
-                           f"{_HEADS_UNSUPPORTED}")
-            continue
-        if module in projections:
-            skipped.append(f"{name}: the output projection of attention {projections[module]} "
-                           f"(MultiheadAttention); {_HEADS_UNSUPPORTED}")
-            continue
-        built: Optional[ChannelGroup] = None
-        if not isinstance(module, _ROOT_TYPES):  # an attention module with a head count
-            root, why = _heads_root(DG, module, names)
-            if root is None:
-                skipped.append(f"{name} ({type(module).__name__}): {why}")
-                continue
-            name, module, built = root
-        if module in owner:
-            if explicit and not quiet:
-                emit(f"{name} is coupled with {owner[module].source}: pruned as group "
-                     f"{owner[module].number}", log, logger=logger)
-            continue
-        if module not in DG.module2node:
-            skipped.append(f"{name}: not reached by the traced forward")
-            continue
-        group, why = (built, "") if built is not None else _build_group(DG, name, module, names)
-        if group is not None and group.units <= group.min_units:
-            # also keeps upstream's GroupMagnitudeImportance away from grouped convs with one
-            # input channel per group, where it raises IndexError (tests/test_channel_pruner.py)
-            group, why = None, ((f"only {group.units} head(s) in {group.heads.name}"
-                                 if group.heads else
-                                 f"only {group.channels} channel(s) in {group.ch_groups} "
-                                 "channel group(s)") + ": nothing left to prune")
-        if group is None:
-            skipped.append(f"{name}: {why}")
-            continue
-        group.number = len(groups) + 1
-        groups.append(group)
-        for dep, _ in group.group:
-            if DG.is_out_channel_pruning_fn(dep.handler):
-                owner.setdefault(dep.target.module, group)
+            for dep, _ in group.members:
+                if DG.is_out_channel_pruning_fn(dep.handler):
+                    owner.setdefault(dep.target.module, group)
     if skipped:
         level = logging.DEBUG if quiet else logging.WARNING if explicit else logging.INFO
         emit("Channel pruning skips these layers:\n  " + "\n  ".join(skipped), log,

@@ -172,8 +172,9 @@ class ChannelPruner:
                 for g in groups} if needs_costs else {}
         self.importance = make_importance(cfg.pruning_method, costs=cost, params=cfg.MAC_params)
         accepts = getattr(self.importance, "accepts", None)
-        unranked = [g.source for g in groups
-                    if not (accepts(g.group) if accepts else self.importance(g.group) is not None)]
+        unranked = [g.source for g in groups  # accepts reads the members only
+                    if not (accepts(g.members) if accepts
+                            else self.importance(g.group) is not None)]
         if unranked:
             emit(f"{cfg.pruning_method.value} cannot rank these groups (no layer it scores); "
                  f"they are not pruned: {unranked}", self.log, warn, logger)

@@ -85,6 +85,67 @@ _FAMILIES: Dict[PruningMethod, _Family] = {
 }
 
 
+class _ScatterLayout:
+    """Where each group's per-channel strengths land in the regularized parameters.
+
+    Every ``(module, name, dim)`` the penalty touches gets a span of one flat vector; each
+    :class:`ParamSlice` contributes ``lambda[roots]`` at ``span + index``. Built once from the
+    groups, so a set of coefficients costs one gather, one ``index_add_`` and a view per
+    parameter dimension, whatever the number of slices.
+    """
+
+    def __init__(self, groups: Sequence[ChannelGroup],
+                 by_param: Mapping[_Key, List[Tuple[int, ParamSlice]]]) -> None:
+        self.numbers = [g.number for g in groups]
+        starts = [0]
+        for g in groups:
+            starts.append(starts[-1] + g.channels)
+        first = dict(zip(self.numbers, starts))
+        self.spans: List[Tuple[_Key, int, int]] = []  # (key, start, size) in the flat vector
+        index, source, index_shift, source_shift, lengths = [], [], [], [], []
+        total = 0
+        for key, entries in by_param.items():
+            module, name, dim = key
+            size = getattr(module, name).shape[dim]
+            self.spans.append((key, total, size))
+            for number, s in entries:
+                index.append(s.index)
+                source.append(s.roots)
+                index_shift.append(total)
+                source_shift.append(first[number])
+                lengths.append(s.index.numel())
+            total += size
+        self.total = total
+        counts = torch.tensor(lengths, dtype=torch.long)
+        cat = (lambda ts: torch.cat([t.cpu().long() for t in ts])) if index else (
+            lambda ts: torch.zeros(0, dtype=torch.long))
+        self.index = cat(index) + torch.tensor(index_shift, dtype=torch.long
+                                               ).repeat_interleave(counts)
+        self.source = cat(source) + torch.tensor(source_shift, dtype=torch.long
+                                                 ).repeat_interleave(counts)
+
+    def coefficients(self, lam: Mapping[int, torch.Tensor]) -> Dict[_Param, torch.Tensor]:
+        """Per parameter, ``lam`` (per channel, by group number) summed per position."""
+        if not self.spans:
+            return {}
+        strengths = torch.cat([lam[n].detach().to("cpu", torch.float64) for n in self.numbers])
+        flat = torch.zeros(self.total, dtype=torch.float64).index_add_(
+            0, self.index, strengths.index_select(0, self.source))
+        cast: Dict[Tuple[torch.device, torch.dtype], torch.Tensor] = {}
+        coef: Dict[_Param, torch.Tensor] = {}
+        for (module, name, dim), start, size in self.spans:
+            param = getattr(module, name)
+            where = (param.device, param.dtype)
+            if where not in cast:  # one conversion per device and dtype, not per parameter
+                cast[where] = flat.to(param.device, param.dtype)
+            shape = [1] * param.dim()
+            shape[dim] = -1
+            vec = cast[where].narrow(0, start, size).view(shape)
+            key = (module, name)
+            coef[key] = vec if key not in coef else coef[key] + vec
+        return coef
+
+
 class ChannelRegularizer:
     """Adds the channel penalty's gradient to ``.grad`` of every coupled parameter.
 
@@ -128,7 +189,9 @@ class ChannelRegularizer:
         self.focus: Optional[Dict[int, torch.Tensor]] = None
         #: a factor on every strength (the ``growth`` ramp)
         self.scale = 1.0
-        self._uniform = self._uniform_coefficients() if self.gamma == 1.0 else None
+        #: with ``gamma == 1``: the coefficients, computed at the first step (not at construction)
+        self._uniform: Optional[Dict[_Param, torch.Tensor]] = None
+        self._layout: Optional[_ScatterLayout] = None  # built with the first coefficients
 
     def focus_on(self, focus: Optional[Mapping[int, torch.Tensor]], scale: float = 1.0) -> None:
         """Push only the units in ``focus`` (bool per unit, by group number; None: every unit),
@@ -139,7 +202,7 @@ class ChannelRegularizer:
         """
         self.focus = None if focus is None else {n: f.clone() for n, f in focus.items()}
         self.scale = float(scale)
-        self._uniform = self._uniform_coefficients() if self.gamma == 1.0 else None
+        self._uniform = None  # recomputed at the next step
         self.restart()
 
     def _weights(self, g: ChannelGroup) -> torch.Tensor:
@@ -155,19 +218,14 @@ class ChannelRegularizer:
         return bool(self._by_param)
 
     def _coefficients(self, lam: Mapping[int, torch.Tensor]) -> Dict[_Param, torch.Tensor]:
-        """Per parameter, the coefficient of every entry as one broadcastable tensor."""
-        coef: Dict[_Param, torch.Tensor] = {}
-        for (module, name, dim), entries in self._by_param.items():
-            param = getattr(module, name)
-            vec = torch.zeros(param.shape[dim], device=param.device, dtype=param.dtype)
-            for number, s in entries:
-                vec.index_add_(0, s.index.to(param.device),
-                               lam[number].to(param.device, param.dtype)[s.roots.to(param.device)])
-            shape = [1] * param.dim()
-            shape[dim] = -1
-            key = (module, name)
-            coef[key] = vec.view(shape) if key not in coef else coef[key] + vec.view(shape)
-        return coef
+        """Per parameter, the coefficient of every entry as one broadcastable tensor.
+
+        One ``index_add_`` for every slice of every group (:class:`_ScatterLayout`), then a
+        view per regularized parameter dimension: no per-slice tensor ops.
+        """
+        if self._layout is None:
+            self._layout = _ScatterLayout(self.groups, self._by_param)
+        return self._layout.coefficients(lam)
 
     def _uniform_coefficients(self) -> Dict[_Param, torch.Tensor]:
         # float64: a huge reg becomes inf in the cast, not an error
@@ -233,8 +291,11 @@ class ChannelRegularizer:
 
         ``pruned`` maps group numbers to the units pruned so far (used to rank by ``gamma``).
         """
-        coef = self._uniform
-        if coef is None:
+        if self.gamma == 1.0:
+            if self._uniform is None:
+                self._uniform = self._uniform_coefficients()
+            coef = self._uniform
+        else:
             state = tuple(int(p.sum()) for p in pruned.values())
             if self._cached[0] != state or self._steps % self.refresh_every == 0:
                 self._cached = (state, self._coefficients(self._strengths(pruned)))

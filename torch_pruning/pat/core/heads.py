@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -45,10 +46,31 @@ def head_count_attr(module: nn.Module) -> Optional[str]:
     if isinstance(module, nn.MultiheadAttention):
         return None
     for attr in HEAD_COUNT_ATTRS:
-        value = getattr(module, attr, None)
+        value = _plain_attr(module, attr)
         if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
             return attr
     return None
+
+
+def _plain_attr(module: nn.Module, attr: str) -> object:
+    """``getattr(module, attr, None)`` for a value that is not a parameter, buffer or submodule.
+
+    Asked of every module of a model while tracing, where almost every attribute is missing:
+    ``nn.Module.__getattr__`` raises (and ``getattr`` catches) an AttributeError each time.
+    Reading the instance dict first, with the class looked up only for names it defines,
+    gives the same answer for the ints we look for without the exceptions. A class with its
+    own ``__getattr__`` (e.g. a wrapper forwarding to an inner model) gets plain ``getattr``.
+    """
+    if _class_answers(type(module), attr):
+        return getattr(module, attr, None)
+    return module.__dict__.get(attr)
+
+
+@functools.lru_cache(maxsize=None)
+def _class_answers(cls: type, attr: str) -> bool:
+    """True when ``cls`` defines ``attr`` (e.g. a property) or does not use
+    ``nn.Module.__getattr__`` (its own, or not a module at all, e.g. an ``nn.Parameter``)."""
+    return getattr(cls, "__getattr__", None) is not nn.Module.__getattr__ or hasattr(cls, attr)
 
 
 def int_attr(module: nn.Module, names: Sequence[str]) -> Optional[int]:

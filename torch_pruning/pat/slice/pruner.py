@@ -47,36 +47,47 @@ _STATE_VERSION = 1
 
 
 class _PenaltyPlan:
-    """Layouts and active-slice flags of layers sharing a device and dtype, concatenated."""
+    """Layouts and active-slice weights of layers sharing a device and dtype, concatenated.
 
-    def __init__(self, members: List[Tuple[int, SliceLayout, torch.Tensor]]) -> None:
+    ``weight`` is 1 for a penalized slice (eligible, not masked) and 0 otherwise, in the
+    weights' dtype: the penalty multiplies by it instead of selecting, so a step costs a few
+    passes over the per-slice vector whatever the number of layers. Built again only when
+    masks, shapes or devices change (:meth:`SlicePruner.regularize`).
+    """
+
+    def __init__(self, members: List[Tuple[int, SliceLayout, torch.Tensor]],
+                 dtype: torch.dtype) -> None:
         self.positions = [i for i, _, _ in members]
         self.layouts = [lay for _, lay, _ in members]
         ends = list(itertools.accumulate(lay.num_slices for lay in self.layouts))
         self.spans = list(zip([0] + ends[:-1], ends))
         self.total = ends[-1]
         self.active = torch.cat([act for _, _, act in members])
+        self.weight = self.active.to(dtype)
 
 
 class _ReweightedSliceNorm(torch.autograd.Function):
     """``sum_s ||s|| / (||s||.detach() + eps)`` over active, non-zero slices of many weights.
 
-    One autograd node with the closed-form gradient ``w / (||s|| * (||s|| + eps))`` per slice:
-    one pass over each weight forward and one backward, and the per-slice arithmetic done once
-    for all layers instead of a dozen small ops per layer.
+    One autograd node with the closed-form gradient ``w / (||s|| * (||s|| + eps))`` per slice.
+    Forward reads each weight once (its ``[A, S]`` rows summed into the concatenated
+    ``[S_total]`` vector of squared norms, :meth:`SliceLayout.row_sq_norms`); the per-slice
+    arithmetic is a few passes over that vector for all layers together; backward is one
+    multiply per weight.
     """
 
     @staticmethod
     def forward(ctx: Any, plan: _PenaltyPlan, eps: float, *weights: torch.Tensor) -> torch.Tensor:
-        sq = torch.empty(plan.total, dtype=weights[0].dtype, device=weights[0].device)
+        norm = torch.empty(plan.total, dtype=weights[0].dtype, device=weights[0].device)
         for lay, weight, (lo, hi) in zip(plan.layouts, weights, plan.spans):
-            lay.sq_norms(weight.detach(), out=sq[lo:hi])
-        norm = sq.sqrt_()
-        live = plan.active & (norm > 0)
-        inv = torch.where(live, (norm + eps).reciprocal(), 0.0)
+            lay.row_sq_norms(weight.detach(), out=norm[lo:hi])
+        norm.sqrt_()
+        inv = (norm + eps).reciprocal_().mul_(plan.weight)  # 0 for slices not penalized
+        value = torch.dot(norm, inv)
+        coef = inv.div_(norm).nan_to_num_(nan=0.0, posinf=0.0)  # 0 for all-zero slices
         ctx.plan = plan
-        ctx.save_for_backward(torch.where(live, inv / norm, 0.0), *weights)
-        return (norm * inv).sum()
+        ctx.save_for_backward(coef, *weights)
+        return value
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -261,7 +272,8 @@ class SlicePruner:
                 if rec.layout is not None:
                     groups.setdefault((conv.weight.device, conv.weight.dtype), []).append(
                         (i, rec.layout, layer.active))
-            self._plans = [_PenaltyPlan(members) for members in groups.values()]
+            self._plans = [_PenaltyPlan(members, dtype)
+                           for (_, dtype), members in groups.items()]
             self._plan_key = key
         # a weight sharded by FSDP2 enters whole (all-gathered, differentiable): the norms are
         # over whole slices and each rank's shard receives its rows of the gradient
