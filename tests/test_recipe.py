@@ -10,6 +10,7 @@ from torch import nn
 
 import torch_pruning as tp
 from torch_pruning.pat.config.models import PruningConfig
+from torch_pruning.pat.tools.recipe import RECIPE
 
 from models import ResidualCNN, SmallCNN
 from models.loop import five_line_loop
@@ -35,7 +36,11 @@ def test_config_is_valid_and_places_the_phases_inside_the_run(epochs: int,
     assert ch["mac_target"] == mac_target
     assert 0 < ch["global_prune_rate"] <= ch["max_pruning_rate"]
     assert ch["input_shape"] == list(INPUT)
-    assert ch["regularize"]["target"] == "pruned"
+    reg = ch["regularize"]
+    if mac_target >= RECIPE["moderate_from"]:  # weak penalty on every channel, from the start
+        assert reg["target"] == "all" and reg["begin_epoch"] == 0 and reg["gamma"] > 1
+    else:  # dense first, then the focused penalty before masking
+        assert reg["target"] == "pruned" and 0 < reg["begin_epoch"] < ch["start_epoch"]
 
 
 @pytest.mark.parametrize("model_cls", [SmallCNN, ResidualCNN])

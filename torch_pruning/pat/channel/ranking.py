@@ -142,16 +142,18 @@ def select_units(groups: Sequence[ChannelGroup], scores: Dict[int, torch.Tensor]
 def fill_to_target(groups: Sequence[ChannelGroup], scores: Dict[int, torch.Tensor],
                    pruned: Dict[int, torch.Tensor], plan: Dict[int, torch.Tensor],
                    rules: SelectionRules, cost: Callable[[Dict[int, torch.Tensor]], float],
-                   target: float) -> Dict[int, torch.Tensor]:
+                   target: float, passes: int = 3) -> Dict[int, torch.Tensor]:
     """``plan`` (at or under ``target``) with units it would newly prune given back, best first,
     while the cost stays at or under ``target``.
 
     A uniform ratio moves every group by whole units, and one unit of an early, wide-resolution
     layer can be several percent of a small model's MACs, so the plan that first meets the
-    target often lands well under it. This spends that slack: each round it restores, in every
-    group, the highest-scoring unit(s) the plan newly prunes (a whole rounding step, so
-    ``block_size`` still holds; never a unit pruned before), and keeps the one that fits with
-    the highest score per unit of cost; it stops when no restoration fits.
+    target often lands well under it. This spends that slack: each newly pruned unit (a whole
+    rounding step, so ``block_size`` still holds; never a unit pruned before) is priced at its
+    group's marginal cost, units are given back by score per cost while the estimate fits,
+    and the real cost is checked (the longest prefix that fits, by bisection). A few passes,
+    since marginal costs shift as the neighbouring layers widen. About ``len(groups)`` cost
+    evaluations per pass.
 
     Example:
         >>> filled = fill_to_target(groups, scores, pruned, plan, rules, cost, target)  # doctest: +SKIP
@@ -159,31 +161,53 @@ def fill_to_target(groups: Sequence[ChannelGroup], scores: Dict[int, torch.Tenso
         True
     """
     plan = {k: v.clone() for k, v in plan.items()}
-    now = cost(plan)
-    for _ in range(sum(g.units for g in groups)):
-        best: Optional[Tuple[float, int, torch.Tensor, float]] = None
+    for _ in range(passes):
+        now = cost(plan)
+        slack = target - now
+        if slack <= 0:
+            break
+        offers: List[Tuple[float, float, int, torch.Tensor]] = []
         for g in groups:
             step = math.lcm(rules.block_size, g.unit_width) // g.unit_width
-            fresh = plan[g.number] & ~pruned[g.number]
-            if int(fresh.sum()) < step:
+            fresh = torch.nonzero(plan[g.number] & ~pruned[g.number]).flatten()
+            if len(fresh) < step:
                 continue
-            candidates = torch.nonzero(fresh).flatten()
-            top = candidates[torch.argsort(scores[g.number].cpu()[candidates].float(),
-                                           descending=True, stable=True)[:step]]
+            score = scores[g.number].cpu().float()
+            fresh = fresh[torch.argsort(score[fresh], descending=True, stable=True)]
             trial = dict(plan)
             trial[g.number] = plan[g.number].clone()
-            trial[g.number][top] = False
-            after = cost(trial)
-            if after > target or after <= now:
+            trial[g.number][fresh[:step]] = False
+            delta = cost(trial) - now
+            if delta <= 0:
                 continue
-            value = float(scores[g.number].cpu()[top].float().sum()) / (after - now)
-            if best is None or value > best[0]:
-                best = (value, g.number, top, after)
-        if best is None:
+            for k in range(len(fresh) // step):
+                units = fresh[k * step:(k + 1) * step]
+                offers.append((float(score[units].sum()) / delta, delta, g.number, units))
+        offers.sort(key=lambda o: -o[0])
+        chosen, estimate = [], 0.0
+        for offer in offers:
+            if estimate + offer[1] <= slack:
+                chosen.append(offer)
+                estimate += offer[1]
+
+        def given_back(n: int) -> Dict[int, torch.Tensor]:
+            out = {k: v.clone() for k, v in plan.items()}
+            for _, _, number, units in chosen[:n]:
+                out[number][units] = False
+            return out
+
+        lo, hi = 0, len(chosen)  # the longest prefix of ``chosen`` that stays under target
+        if hi and cost(given_back(hi)) > target:
+            hi -= 1
+            while lo < hi:
+                mid = (lo + hi + 1) // 2
+                if cost(given_back(mid)) <= target:
+                    lo = mid
+                else:
+                    hi = mid - 1
+        if hi == 0:
             break
-        _, number, top, now = best
-        plan[number] = plan[number].clone()
-        plan[number][top] = False
+        plan = given_back(hi)
     return plan
 
 
