@@ -55,6 +55,14 @@ from .tracing import build_graph
 
 __all__ = ["ChannelPruner"]
 
+
+def _may_be_sharded() -> bool:
+    """Whether the user may shard the model after construction: FSDP2 needs a process group,
+    and a sharded model cannot be copied, so the MAC counter (which copies it) is built at
+    construction then; otherwise on first use, keeping construction close to a graph build."""
+    return dist.is_available() and dist.is_initialized()
+
+
 logger = logging.getLogger(__name__)
 
 SECTION = "channel_sparsity_args"
@@ -146,11 +154,12 @@ class ChannelPruner:
                  "the model should have the reduced shapes (loaded with "
                  "load_state_dict_pruned); prune() checks its MACs against the stored result "
                  "once, then logs one line per epoch.", log, logger=logger)
-            self.macs()  # counting copies the model: now, before any fully_shard
+            if _may_be_sharded():
+                self.macs()  # counting copies the model: now, before any fully_shard
             return
         self._build(self._model, announce=cfg.verbose >= 1)
-        if self.groups:  # the MAC counter copies the model: now, before any fully_shard
-            _ = self.counter
+        if self.groups and _may_be_sharded():
+            _ = self.counter  # it copies the model: now, before any fully_shard
         if cfg.cost == "latency" and self.groups:
             _ = self.cost_model  # time the layers now, on the model as given (unpruned)
 
@@ -338,7 +347,7 @@ class ChannelPruner:
         if goal is None or self._cost(plan) > goal:
             return plan, ratio, False
         plan, ratio = self._land_on_target(scores, self._ratio, ratio, plan, goal)
-        if self._cost(plan) <= goal:
+        if goal == target and self._cost(plan) <= goal:  # the final landing: spend the slack
             plan = fill_to_target(self.groups, scores, self._pruned, plan, self.rules,
                                   self._cost, goal)
         return plan, ratio, target is not None and self._cost(plan) <= target

@@ -142,7 +142,8 @@ def select_units(groups: Sequence[ChannelGroup], scores: Dict[int, torch.Tensor]
 def fill_to_target(groups: Sequence[ChannelGroup], scores: Dict[int, torch.Tensor],
                    pruned: Dict[int, torch.Tensor], plan: Dict[int, torch.Tensor],
                    rules: SelectionRules, cost: Callable[[Dict[int, torch.Tensor]], float],
-                   target: float, passes: int = 3) -> Dict[int, torch.Tensor]:
+                   target: float, passes: int = 3,
+                   close: float = 0.002) -> Dict[int, torch.Tensor]:
     """``plan`` (at or under ``target``) with units it would newly prune given back, best first,
     while the cost stays at or under ``target``.
 
@@ -152,8 +153,8 @@ def fill_to_target(groups: Sequence[ChannelGroup], scores: Dict[int, torch.Tenso
     rounding step, so ``block_size`` still holds; never a unit pruned before) is priced at its
     group's marginal cost, units are given back by score per cost while the estimate fits,
     and the real cost is checked (the longest prefix that fits, by bisection). A few passes,
-    since marginal costs shift as the neighbouring layers widen. About ``len(groups)`` cost
-    evaluations per pass.
+    since marginal costs shift as the neighbouring layers widen; none once the plan is within
+    ``close`` (a fraction of ``target``) of it. About ``len(groups)`` cost evaluations per pass.
 
     Example:
         >>> filled = fill_to_target(groups, scores, pruned, plan, rules, cost, target)  # doctest: +SKIP
@@ -164,7 +165,7 @@ def fill_to_target(groups: Sequence[ChannelGroup], scores: Dict[int, torch.Tenso
     for _ in range(passes):
         now = cost(plan)
         slack = target - now
-        if slack <= 0:
+        if slack <= close * target:  # close enough: each pass costs a count per group
             break
         offers: List[Tuple[float, float, int, torch.Tensor]] = []
         for g in groups:
