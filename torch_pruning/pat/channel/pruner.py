@@ -347,9 +347,10 @@ class ChannelPruner:
         if goal is None or self._cost(plan) > goal:
             return plan, ratio, False
         plan, ratio = self._land_on_target(scores, self._ratio, ratio, plan, goal)
-        if goal == target and self._cost(plan) <= goal:  # the final landing: spend the slack
+        if goal <= target * (1 + 1e-9) and self._cost(plan) <= target:  # the final landing
+            # (``level`` may differ from ``target`` by rounding there): spend the slack
             plan = fill_to_target(self.groups, scores, self._pruned, plan, self.rules,
-                                  self._cost, goal)
+                                  self._cost, target)
         return plan, ratio, target is not None and self._cost(plan) <= target
 
     def _scheduled_plan(self, epoch: int) -> Tuple[_Plan, float, bool]:
