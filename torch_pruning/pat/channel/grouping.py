@@ -29,7 +29,7 @@ from torch_pruning import ops
 from torch_pruning.dependency import Dependency, DependencyGraph, Group
 from torch_pruning.pruner import function as F
 
-from ..attention.gqa import FixedGroup, GQAMode, gqa_heads, gqa_items
+from ..attention.gqa import FixedGroup, GQAHeads, GQAMode, gqa_heads, gqa_items
 from ..attention.heads import checked_once, find_heads
 from ..config.errors import PruningConfigError
 from ..core.heads import head_count_attr
@@ -337,6 +337,16 @@ def _gqa_group(DG: DependencyGraph, name: str, attention: nn.Module, mode: GQAMo
                         deps, [n for n, _, _, _ in items], items, heads), ""
 
 
+def _too_few_units(group: ChannelGroup) -> str:
+    """What a group too small to prune holds, e.g. "only 1 head(s) in blocks.0.attn"."""
+    heads = group.heads
+    if isinstance(heads, GQAHeads):
+        return f"only {group.units} unit(s) ({heads.attr}) in {heads.name}"
+    if heads is not None:
+        return f"only {group.units} head(s) in {heads.name}"
+    return f"only {group.channels} channel(s) in {group.ch_groups} channel group(s)"
+
+
 def _identity_mapped(group: Group) -> bool:
     """True when no dependency leaving a layer of ``group`` maps channel positions (concat,
     split, reshape, ... all leave upstream's index mappings at None otherwise).
@@ -400,34 +410,23 @@ def select_groups(model: nn.Module, DG: DependencyGraph, layers: Union[str, Sequ
     by_name = {n: m for m, n in names.items()}
     with index_mapping_once(DG):  # upstream's get_pruning_group would redo it per group
         for name, module in resolve_layers(model, layers, source, named_modules=pairs):
+            built: Optional[ChannelGroup] = None
             hf = _hf_attention_of(name, by_name)
-            if hf is not None:
-                group, why = _gqa_group(DG, hf[0], hf[1], hf[2], names)
-                if group is not None and group.root in owner:
-                    if explicit and not quiet:
-                        emit(f"{name} is coupled with {owner[group.root].source}: pruned as "
-                             f"group {owner[group.root].number}", log, logger=logger)
-                    continue
-                if group is not None and group.units <= group.min_units:
-                    group, why = None, (f"only {group.units} unit(s) ({group.heads.attr}) in "
-                                        f"{hf[0]}: nothing left to prune")
-                if group is None:
+            if hf is not None:  # an HF attention module or one of its projections
+                built, why = _gqa_group(DG, hf[0], hf[1], hf[2], names)
+                if built is None:
                     skipped.append(f"{name}: {why}")
                     continue
-                group.number = len(groups) + 1
-                groups.append(group)
-                owner.setdefault(group.root, group)
-                continue
-            if isinstance(module, _ATTENTION):
+                module = built.root  # the listed name stays in the messages
+            elif isinstance(module, _ATTENTION):
                 skipped.append(f"{name} ({type(module).__name__}, {module.num_heads} heads): "
                                f"{_HEADS_UNSUPPORTED}")
                 continue
-            if module in projections:
+            elif module in projections:
                 skipped.append(f"{name}: the output projection of attention {projections[module]} "
                                f"(MultiheadAttention); {_HEADS_UNSUPPORTED}")
                 continue
-            built: Optional[ChannelGroup] = None
-            if not isinstance(module, _ROOT_TYPES):  # an attention module with a head count
+            elif not isinstance(module, _ROOT_TYPES):  # an attention module with a head count
                 root, why = _heads_root(DG, module, names, order)
                 if root is None:
                     skipped.append(f"{name} ({type(module).__name__}): {why}")
@@ -447,10 +446,7 @@ def select_groups(model: nn.Module, DG: DependencyGraph, layers: Union[str, Sequ
                 # also keeps upstream's GroupMagnitudeImportance away from grouped convs with one
                 # input channel per group, where it raises IndexError
                 # (tests/test_channel_pruner.py)
-                group, why = None, ((f"only {group.units} head(s) in {group.heads.name}"
-                                     if group.heads else
-                                     f"only {group.channels} channel(s) in {group.ch_groups} "
-                                     "channel group(s)") + ": nothing left to prune")
+                group, why = None, f"{_too_few_units(group)}: nothing left to prune"
             if group is None:
                 skipped.append(f"{name}: {why}")
                 continue
