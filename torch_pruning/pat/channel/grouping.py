@@ -33,7 +33,7 @@ from ..attention.gqa import FixedGroup, GQAHeads, GQAMode, gqa_heads, gqa_items
 from ..attention.heads import checked_once, find_heads
 from ..config.errors import PruningConfigError
 from ..core.heads import head_count_attr
-from ..core.hf import is_hf_attention
+from ..core.hf import PROJECTIONS, is_hf_attention
 from ..core.masks import strip_module_prefix
 from ..util.log import UserLog, emit
 from .group import ChannelGroup, ParamSlice
@@ -308,8 +308,7 @@ def _hf_attention_of(name: str, names: Dict[str, nn.Module]
         return name, module, "kv_group"
     parent, _, child = name.rpartition(".")
     owner = names.get(parent)
-    if owner is not None and child in ("q_proj", "k_proj", "v_proj", "o_proj") \
-            and is_hf_attention(owner):
+    if owner is not None and child in PROJECTIONS and is_hf_attention(owner):
         return parent, owner, "query" if child == "q_proj" else "kv_group"
     return None
 
@@ -323,8 +322,7 @@ def _gqa_group(DG: DependencyGraph, name: str, attention: nn.Module, mode: GQAMo
         return None, (f"{name} has one query head per key/value head, so query heads cannot "
                       "be removed evenly from its KV groups; list the attention module itself "
                       "to prune whole KV groups")
-    if any(p not in DG.module2node for p in (attention.q_proj, attention.k_proj,
-                                             attention.v_proj, attention.o_proj)):
+    if any(getattr(attention, p) not in DG.module2node for p in PROJECTIONS):
         return None, "not reached by the traced forward"
     items = gqa_items(DG, heads, names)
     slices: List[ParamSlice] = []
