@@ -12,8 +12,16 @@ training images in ``shared/data/cifar10_train_10k.npz`` and is scored on the ot
   the first half, pruned at mid-training (group L2), then fine-tuning.
 * ``thin``: a thinner network (every width scaled) trained from scratch.
 * ``pat``: our five-line loop with ``tp.pat.recommend_config(model, inputs, budget, epochs)``
-  (``--pat-override`` JSON merges into it, for studying levers).
-* ``pat_kd``: the same plus opt-in distillation from the dense model (``tp.pat.Distillation``).
+  (``--override`` JSON changes it for studying levers: ``recipe`` updates ``RECIPE``, ``pat``
+  merges into the config, ``carry`` carries the optimizer state and ``rewind`` restarts the
+  one-cycle at the removal).
+* ``pat_kd``: the same plus opt-in distillation from the dense model (``tp.pat.Distillation``):
+  by default the teacher is a snapshot taken when masking starts; with ``--override '{"kd":
+  {"teacher": "trained"}}'`` it is the unpruned network of the same seed trained to the end by
+  an earlier ``unpruned`` run with the same ``--teachers`` folder (a second training run: not
+  the same epoch budget, reported apart).
+* ``thin_kd``: the thin network distilled from that trained teacher (``--teachers``; ``kd``
+  settings from ``--override``), to compare against ``pat_kd`` with the same teacher.
 
 Budgets are fractions of the unpruned network's MACs; upstream's methods search the channel
 ratio that lands on the budget (bisection on a copy), the thin net the width.
@@ -52,7 +60,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 import torch_pruning as tp  # noqa: E402
 
 logger = logging.getLogger("bench_accuracy")
-METHODS = ("unpruned", "oneshot", "sparse", "thin", "pat", "pat_kd")
+METHODS = ("unpruned", "oneshot", "sparse", "thin", "pat", "pat_kd", "thin_kd")
 MEAN = torch.tensor([0.4914, 0.4822, 0.4465]).view(1, 3, 1, 1)
 STD = torch.tensor([0.2470, 0.2435, 0.2616]).view(1, 3, 1, 1)
 DOC_BEGIN, DOC_END = "<!-- bench_accuracy begin -->", "<!-- bench_accuracy end -->"
@@ -286,20 +294,51 @@ def thin_scale(arch: str, budget: float) -> float:
     return best[1]
 
 
+def teacher_path(teachers: Optional[Path], arch: str, seed: int, epochs: int) -> Path:
+    """Where the ``unpruned`` run of ``arch``/``seed``/``epochs`` keeps its trained weights."""
+    if teachers is None:
+        raise SystemExit("--override kd.teacher \"trained\" needs --teachers DIR (the folder the "
+                         "unpruned runs saved their weights to)")
+    return teachers / f"{arch}_seed{seed}_e{epochs}.pt"
+
+
+def trained_teacher(arch: str, seed: int, epochs: int, teachers: Optional[Path]) -> nn.Module:
+    """The unpruned network an earlier ``unpruned`` run trained and saved to ``teachers``."""
+    path = teacher_path(teachers, arch, seed, epochs)
+    if not path.exists():
+        raise SystemExit(f"{path}: no trained teacher; run --methods unpruned --archs {arch} "
+                         f"--seeds {seed} --epochs {epochs} --teachers {teachers} first")
+    model = build(arch)
+    model.load_state_dict(torch.load(path, map_location="cpu"))
+    return model
+
+
 def run_method(method: str, arch: str, budget: float, seed: int, epochs: int,
-               data: Tuple[torch.Tensor, ...], override: Dict[str, Any]) -> Dict[str, Any]:
+               data: Tuple[torch.Tensor, ...], override: Dict[str, Any],
+               teachers: Optional[Path] = None) -> Dict[str, Any]:
     torch.manual_seed(seed)
     base = macs_of(build(arch))
     label = f"{arch} {method} {budget}x seed {seed}"
-    if method == "thin":
+    if method in ("thin", "thin_kd"):
         model = build(arch, thin_scale(arch, budget))
         run = Run(model, data, epochs, seed)
-        run.train(label=label)
+        loss_fn = None
+        if method == "thin_kd":
+            kd_args = {k: v for k, v in override.get("kd", {}).items() if k != "teacher"}
+            kd = tp.pat.Distillation(None, teacher=trained_teacher(arch, seed, epochs, teachers),
+                                     **kd_args)
+
+            def loss_fn(x: torch.Tensor, out_: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
+                return kd(loss, out_, x)
+        run.train(loss_fn=loss_fn, label=label)
         return {"acc": run.accuracy(), "macs": macs_of(run.model) / base}
     model = build(arch)
     run = Run(model, data, epochs, seed)
     if method == "unpruned":
         run.train(label=label)
+        if teachers is not None:
+            teachers.mkdir(parents=True, exist_ok=True)
+            torch.save(run.model.state_dict(), teacher_path(teachers, arch, seed, epochs))
         return {"acc": run.accuracy(), "macs": 1.0}
     if method in ("oneshot", "sparse"):
         mid = epochs // 2
@@ -335,8 +374,12 @@ def run_method(method: str, arch: str, budget: float, seed: int, epochs: int,
     with tempfile.TemporaryDirectory() as out:
         (Path(out) / "pruning_config.json").write_text(json.dumps(cfg))
         pruner = tp.Pruning(model, out, example_inputs=example, log=None)
-        kd = (tp.pat.Distillation(pruner, **override.get("kd", {})) if method == "pat_kd"
-              else None)
+        kd = None
+        if method == "pat_kd":
+            kd_args = dict(override.get("kd", {}))
+            if kd_args.pop("teacher", None) == "trained":
+                kd_args["teacher"] = trained_teacher(arch, seed, epochs, teachers)
+            kd = tp.pat.Distillation(pruner, **kd_args)
 
         def loss_fn(x: torch.Tensor, out_: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
             loss = loss + pruner.slice_regularize(run.model)
@@ -380,7 +423,8 @@ def table(rows: List[Dict[str, Any]], archs: Sequence[str], budgets: Sequence[fl
     names = {"unpruned": "unpruned", "oneshot": "upstream one-shot MetaPruner + fine-tune",
              "sparse": "upstream GroupNormPruner sparse + prune + fine-tune",
              "thin": "thinner net from scratch", "pat": "**ours: five-line PAT, recommend_config**",
-             "pat_kd": "**ours + opt-in distillation**"}
+             "pat_kd": "**ours + opt-in distillation**",
+             "thin_kd": "thinner net from scratch + the same distillation"}
     out = []
     for arch in archs:
         head = "| method |" + "".join(f" {b}x MACs: mean (min-max), MACs reached |"
@@ -452,6 +496,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--tag", default="default", help="name of this setting in --results")
     parser.add_argument("--results", type=Path, default=None, help="JSON-lines file of runs")
     parser.add_argument("--write-docs", type=Path, default=None)
+    parser.add_argument("--teachers", type=Path, default=None,
+                        help="folder where unpruned runs save their weights and pat_kd with "
+                             "kd.teacher \"trained\" loads them")
     parser.add_argument("--lever-table", action="store_true",
                         help="print the table of every --tag's pat runs in --results and exit")
     args = parser.parse_args(argv)
@@ -475,7 +522,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             data = load_cifar(args.data)
         logger.info("[%d/%d] %s %s at %sx MACs, seed %d", n, len(todo), arch, method, budget, seed)
         start = time.perf_counter()
-        result = run_method(method, arch, budget, seed, args.epochs, data, args.override)
+        result = run_method(method, arch, budget, seed, args.epochs, data, args.override,
+                            args.teachers)
         row = dict(key, **result, override=args.override, seconds=time.perf_counter() - start)
         logger.info("[%d/%d] -> %.2f%% at %.3fx MACs (%.0fs)", n, len(todo), row["acc"],
                     row["macs"], row["seconds"])

@@ -356,7 +356,33 @@ def channel_pruning_context(ns: Dict[str, Any], tmp_path: Path, monkeypatch) -> 
     return after
 
 
+def recipes_context(ns: Dict[str, Any], tmp_path: Path, monkeypatch) -> Callable:
+    base_macs = macs(ns["model"])
+    ns["trained_dense_model"] = make_model()
+
+    def after(i: int, ns: Dict[str, Any]) -> None:
+        if i == 1:  # the loop with the two opt-in lines ran to the budget and rewound the schedule
+            assert ns["loader"].iterations == ns["epochs"]
+            assert ns["pruner"].channel_pruner.reached_target
+            assert macs(ns["model"]) <= 0.25 * base_macs * 1.01
+            scheduler = ns["scheduler"]
+            assert scheduler.optimizer is ns["optimizer"]  # the carried optimizer is scheduled
+            assert 0 < scheduler.total_steps < ns["epochs"] * len(ns["loader"])  # a new cycle
+            momentum = [ns["optimizer"].state[p].get("momentum_buffer")
+                        for p in ns["model"].parameters()]
+            assert all(b is not None and b.shape == p.shape
+                       for b, p in zip(momentum, ns["model"].parameters()))
+        elif i == 2:  # distillation from the given teacher, a frozen copy of it
+            teacher = ns["kd"].teacher
+            assert teacher is not ns["trained_dense_model"]
+            assert not any(p.requires_grad for p in teacher.parameters())
+            _assert_same_outputs(teacher, ns["trained_dense_model"])
+            assert torch.isfinite(ns["loss"])
+    return after
+
+
 CONTEXTS = {
+    "docs/recipes.md": recipes_context,
     "README.md": readme_context,
     "docs/getting_started.md": getting_started_context,
     "docs/checkpoints.md": checkpoints_context,

@@ -14,7 +14,9 @@ epochs, with the settings measured on CIFAR-10 data (``docs/recipes.md``, ``RECI
 3. **Masking** (45% to 50%, ``start_epoch`` to ``end_epoch``): each epoch lands on a MAC level
    falling linearly to ``mac_target`` (``schedule: "macs"``), whatever the ranking; the masked
    channels are then removed physically.
-4. **Fine-tuning**: the second half trains the reduced model.
+4. **Fine-tuning**: the second half trains the reduced model. Two optional changes in the
+   user's own loop at the removal measured better (docs/recipes.md): restarting the
+   learning-rate schedule over the epochs left, and carrying the optimizer's state.
 
 A copy of the model is traced once to check that the target can be reached under
 ``max_pruning_rate``.
