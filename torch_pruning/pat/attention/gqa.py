@@ -31,7 +31,6 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, List, Literal, Mapping, Sequence, Tuple
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -110,10 +109,6 @@ def gqa_heads(name: str, module: nn.Module, mode: GQAMode) -> GQAHeads:
     return GQAHeads(module, name, mode, kv, q // kv, head_dim)
 
 
-def _long(values: Any) -> torch.Tensor:
-    return torch.from_numpy(np.asarray(values, dtype=np.int64))
-
-
 def gqa_items(DG: Any, heads: GQAHeads, names: Mapping[nn.Module, str]
               ) -> List[Tuple[str, Dependency, torch.Tensor, torch.Tensor]]:
     """The group's ``(module name, dependency, positions, root channels)``: q_proj rows (the
@@ -157,7 +152,7 @@ class FixedGroup(Group):
         gone = None
         if idxs is not None:
             gone = torch.zeros(int(self._items[0][3].max()) + 1, dtype=torch.bool)
-            gone[_long(list(idxs))] = True
+            gone[torch.as_tensor(list(idxs), dtype=torch.long)] = True
         for _, dep, positions, roots in self._items:
             chosen = positions if gone is None else positions[gone[roots]]
             if chosen.numel():
