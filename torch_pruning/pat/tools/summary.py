@@ -295,22 +295,16 @@ def format_summary(summary: ModelSummary, title: str = "") -> str:
         lines.append(f"  Group {g.index} ({g.channels} channels): {', '.join(g.members)}{state}")
         if g.consumers:
             lines.append(f"      consumers: {', '.join(g.consumers)}")
-    if summary.other_prunable:
-        lines.append("")
-        lines.append("Prunable Linear and attention layers (selected by layers: \"all\" too, or "
-                     "list them):")
-        for name, kind, _, what in summary.other_prunable:
-            lines.append(f"  {name} ({kind}): {what}")
-    if summary.attention:
-        lines.append("")
-        lines.append("Attention modules (heads pruned whole; Pruning checks each layout and logs "
-                     "the ones it skips):")
-        for name, heads, how in summary.attention:
-            lines.append(f"  {name}: {heads} heads, {how}")
-    if summary.mlps:
-        lines.append("")
-        lines.append("Gated MLPs (gate_proj and up_proj outputs, down_proj inputs pruned "
-                     "together):")
-        for name, hidden, how in summary.mlps:
-            lines.append(f"  {name}: {hidden} hidden features, {how}")
+    sections = [
+        ("Prunable Linear and attention layers (selected by layers: \"all\" too, or list them):",
+         [f"  {name} ({kind}): {what}" for name, kind, _, what in summary.other_prunable]),
+        ("Attention modules (heads pruned whole; Pruning checks each layout and logs the ones "
+         "it skips):",
+         [f"  {name}: {heads} heads, {how}" for name, heads, how in summary.attention]),
+        ("Gated MLPs (gate_proj and up_proj outputs, down_proj inputs pruned together):",
+         [f"  {name}: {hidden} hidden features, {how}" for name, hidden, how in summary.mlps]),
+    ]
+    for title, rows in sections:
+        if rows:
+            lines += ["", title, *rows]
     return "\n".join(lines) + "\n"
