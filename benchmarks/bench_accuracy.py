@@ -313,6 +313,16 @@ def trained_teacher(arch: str, seed: int, epochs: int, teachers: Optional[Path])
     return model
 
 
+def distillation(pruner: Any, override: Dict[str, Any], arch: str, seed: int, epochs: int,
+                 teachers: Optional[Path], *, trained: bool = False) -> Any:
+    """``tp.pat.Distillation`` with ``override["kd"]``'s settings; the teacher is the trained
+    unpruned net when ``kd.teacher`` is ``"trained"`` or ``trained`` is set, else a snapshot."""
+    kd_args = dict(override.get("kd", {}))
+    if kd_args.pop("teacher", None) == "trained" or trained:
+        kd_args["teacher"] = trained_teacher(arch, seed, epochs, teachers)
+    return tp.pat.Distillation(pruner, **kd_args)
+
+
 def run_method(method: str, arch: str, budget: float, seed: int, epochs: int,
                data: Tuple[torch.Tensor, ...], override: Dict[str, Any],
                teachers: Optional[Path] = None) -> Dict[str, Any]:
@@ -324,9 +334,7 @@ def run_method(method: str, arch: str, budget: float, seed: int, epochs: int,
         run = Run(model, data, epochs, seed)
         loss_fn = None
         if method == "thin_kd":
-            kd_args = {k: v for k, v in override.get("kd", {}).items() if k != "teacher"}
-            kd = tp.pat.Distillation(None, teacher=trained_teacher(arch, seed, epochs, teachers),
-                                     **kd_args)
+            kd = distillation(None, override, arch, seed, epochs, teachers, trained=True)
 
             def loss_fn(x: torch.Tensor, out_: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
                 return kd(loss, out_, x)
@@ -374,12 +382,8 @@ def run_method(method: str, arch: str, budget: float, seed: int, epochs: int,
     with tempfile.TemporaryDirectory() as out:
         (Path(out) / "pruning_config.json").write_text(json.dumps(cfg))
         pruner = tp.Pruning(model, out, example_inputs=example, log=None)
-        kd = None
-        if method == "pat_kd":
-            kd_args = dict(override.get("kd", {}))
-            if kd_args.pop("teacher", None) == "trained":
-                kd_args["teacher"] = trained_teacher(arch, seed, epochs, teachers)
-            kd = tp.pat.Distillation(pruner, **kd_args)
+        kd = (distillation(pruner, override, arch, seed, epochs, teachers)
+              if method == "pat_kd" else None)
 
         def loss_fn(x: torch.Tensor, out_: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
             loss = loss + pruner.slice_regularize(run.model)
