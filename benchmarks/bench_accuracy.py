@@ -14,7 +14,8 @@ training images in ``shared/data/cifar10_train_10k.npz`` and is scored on the ot
 * ``pat``: our five-line loop with ``tp.pat.recommend_config(model, inputs, budget, epochs)``
   (``--override`` JSON changes it for studying levers: ``recipe`` updates ``RECIPE``, ``pat``
   merges into the config, ``carry`` carries the optimizer state and ``rewind`` restarts the
-  one-cycle at the removal).
+  one-cycle at the removal; ``cycles: 2`` ends a first one-cycle at the removal and starts
+  a second over the rest).
 * ``pat_kd``: the same plus opt-in distillation from the dense model (``tp.pat.Distillation``):
   by default the teacher is a snapshot taken when masking starts; with ``--override '{"kd":
   {"teacher": "trained"}}'`` it is the unpruned network of the same seed trained to the end by
@@ -200,6 +201,7 @@ class Run:
         self.gen = torch.Generator().manual_seed(seed)
         self.steps_per_epoch = math.ceil(len(data[1]) / batch)
         self.step = self.cycle_start = 0
+        self.cycle_end: Optional[int] = None  # the first cycle ends early ("cycles": 2)
         self.optimizer = self.make_optimizer()
 
     def make_optimizer(self) -> torch.optim.Optimizer:
@@ -210,16 +212,17 @@ class Run:
         """One-cycle: linear warm-up over 15% of the run (or of what is left after
         :meth:`rewind`), cosine down to 0 at the end of the run."""
         first = self.cycle_start
-        total = self.epochs * self.steps_per_epoch - first
+        total = (self.cycle_end or self.epochs * self.steps_per_epoch) - first
         warm = max(1, int(0.15 * total))
         step -= first
         if step < warm:
             return self.lr * (0.1 + 0.9 * step / warm)
-        return self.lr * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+        done = min(1.0, (step - warm) / max(1, total - warm))
+        return self.lr * 0.5 * (1 + math.cos(math.pi * done))
 
     def rewind(self) -> None:
         """Start a new one-cycle over the rest of the run (learning-rate rewinding)."""
-        self.cycle_start = self.step
+        self.cycle_start, self.cycle_end = self.step, None
 
     def train(self, loss_fn: Optional[Callable[[torch.Tensor, torch.Tensor, torch.Tensor],
                                                torch.Tensor]] = None,
@@ -379,6 +382,8 @@ def run_method(method: str, arch: str, budget: float, seed: int, epochs: int,
     recipe.RECIPE.update(override.get("recipe", {}))  # lever studies: the recipe's settings
     cfg = tp.pat.recommend_config(model, example, budget, epochs)
     _merge(cfg, override.get("pat", {}))
+    if override.get("cycles") == 2:  # a first one-cycle that ends at the removal, then rewind
+        run.cycle_end = (cfg["channel_sparsity_args"]["end_epoch"] + 1) * run.steps_per_epoch
     with tempfile.TemporaryDirectory() as out:
         (Path(out) / "pruning_config.json").write_text(json.dumps(cfg))
         pruner = tp.Pruning(model, out, example_inputs=example, log=None)
@@ -396,7 +401,7 @@ def run_method(method: str, arch: str, budget: float, seed: int, epochs: int,
                     run.optimizer = pruner.carry_optimizer_state(run.optimizer)
                 else:
                     run.optimizer = run.make_optimizer()
-                if override.get("rewind"):
+                if override.get("rewind") or override.get("cycles") == 2:
                     run.rewind()
                 pruner.channel_pruner.reset_optimizer = False
 
