@@ -14,8 +14,9 @@ training images in ``shared/data/cifar10_train_10k.npz`` and is scored on the ot
 * ``pat``: our five-line loop with ``tp.pat.recommend_config(model, inputs, budget, epochs)``
   (``--override`` JSON changes it for studying levers: ``recipe`` updates ``RECIPE``, ``pat``
   merges into the config, ``carry`` carries the optimizer state and ``rewind`` restarts the
-  one-cycle at the removal; ``cycles: 2`` ends a first one-cycle at the removal and starts
-  a second over the rest).
+  one-cycle at the removal; ``lr_restart`` asks for ``recommend_config(..., lr_restart=True)``
+  and restarts the one-cycle at the removal; ``cycles: 2`` ends a first one-cycle at the
+  removal and starts a second over the rest).
 * ``pat_kd``: the same plus opt-in distillation from the dense model (``tp.pat.Distillation``):
   by default the teacher is a snapshot taken when masking starts; with ``--override '{"kd":
   {"teacher": "trained"}}'`` it is the unpruned network of the same seed trained to the end by
@@ -380,7 +381,8 @@ def run_method(method: str, arch: str, budget: float, seed: int, epochs: int,
     from torch_pruning.pat.tools import recipe
 
     recipe.RECIPE.update(override.get("recipe", {}))  # lever studies: the recipe's settings
-    cfg = tp.pat.recommend_config(model, example, budget, epochs)
+    cfg = tp.pat.recommend_config(model, example, budget, epochs,
+                                  lr_restart=bool(override.get("lr_restart")))
     _merge(cfg, override.get("pat", {}))
     if override.get("cycles") == 2:  # a first one-cycle that ends at the removal, then rewind
         run.cycle_end = (cfg["channel_sparsity_args"]["end_epoch"] + 1) * run.steps_per_epoch
@@ -401,7 +403,8 @@ def run_method(method: str, arch: str, budget: float, seed: int, epochs: int,
                     run.optimizer = pruner.carry_optimizer_state(run.optimizer)
                 else:
                     run.optimizer = run.make_optimizer()
-                if override.get("rewind") or override.get("cycles") == 2:
+                if (override.get("rewind") or override.get("lr_restart")
+                        or override.get("cycles") == 2):
                     run.rewind()
                 pruner.channel_pruner.reset_optimizer = False
 

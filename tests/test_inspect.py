@@ -306,10 +306,25 @@ def test_write_config_with_mac_target_and_epochs_writes_the_recommended_recipe(
     assert load_config(folder).channel.mac_target == 0.5
 
 
+def test_lr_restart_writes_the_recipe_placed_for_a_restart(tmp_path, models_file,
+                                                           capsys) -> None:
+    spec = f"{models_file}:classifier"
+    folder = tmp_path / "cfg"
+    assert main(["inspect", "--model", spec, "--input-shape", "1,3,8,8", "--write-config",
+                 str(folder), "--mac-target", "0.1", "--epochs", "30", "--lr-restart"]) == 0
+    assert "Restart your learning-rate schedule" in capsys.readouterr().out
+    written = json.loads((folder / "pruning_config.json").read_text())
+    expected = tp.pat.recommend_config(load_model(spec), torch.randn(1, 3, 8, 8), 0.1, 30,
+                                       lr_restart=True)
+    assert written == expected
+    assert written != tp.pat.recommend_config(load_model(spec), torch.randn(1, 3, 8, 8), 0.1, 30)
+
+
 @pytest.mark.parametrize("extra, match", [
     (["--mac-target", "0.5"], "go together"),
     (["--epochs", "20"], "go together"),
     (["--mac-target", "1.5", "--epochs", "20"], "mac_target must be in"),
+    (["--lr-restart"], "--lr-restart goes with --mac-target"),
 ])
 def test_recipe_options_give_one_error_line(tmp_path, models_file, capsys, extra,
                                             match: str) -> None:

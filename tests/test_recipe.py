@@ -66,6 +66,64 @@ def test_run_with_recommended_config_reaches_the_target(tmp_path, model_cls,
         "channel_sparsity_args"]["reach_mac_target"] is True
 
 
+@pytest.mark.parametrize("epochs", [6, 20, 30, 90])
+@pytest.mark.parametrize("mac_target", [0.5, 0.1])
+def test_lr_restart_places_the_phases_for_a_restarted_schedule(epochs: int,
+                                                               mac_target: float) -> None:
+    plain = tp.pat.recommend_config(SmallCNN(), torch.randn(*INPUT), mac_target, epochs)
+    cfg = tp.pat.recommend_config(SmallCNN(), torch.randn(*INPUT), mac_target, epochs,
+                                  lr_restart=True)
+    PruningConfig.model_validate(json.loads(json.dumps(cfg)))
+    ch, before = cfg["channel_sparsity_args"], plain["channel_sparsity_args"]
+    assert 1 <= ch["start_epoch"] <= ch["end_epoch"] <= epochs - 2
+    assert ch["regularize"]["begin_epoch"] < ch["start_epoch"]
+    moved = RECIPE["restart_moderate" if mac_target >= RECIPE["moderate_from"] else "restart"]
+    if moved and epochs >= 20:  # deep budgets: dense longer, the removal later
+        assert ch["regularize"]["begin_epoch"] > before["regularize"]["begin_epoch"]
+        assert ch["start_epoch"] > before["start_epoch"]
+        assert ch["end_epoch"] == round(moved["end"] * epochs)
+    if not moved:
+        assert cfg == plain
+    # the rest of the recipe is the same
+    assert {k: v for k, v in ch.items() if k not in ("start_epoch", "end_epoch", "regularize")} \
+        == {k: v for k, v in before.items() if k not in ("start_epoch", "end_epoch", "regularize")}
+
+
+def test_run_with_lr_restart_reaches_a_deep_target_and_restarts_the_schedule(tmp_path) -> None:
+    """The loop with the restart line: the optimizer made at the removal starts a new cosine
+    over the epochs left, and the model ends at the budget with fine-tuning epochs to spare."""
+    epochs, mac_target = 12, 0.1
+    torch.manual_seed(0)
+    model, example = SmallCNN(), torch.randn(*INPUT)
+    base = tp.utils.count_ops_and_params(model, example)[0]
+    cfg = tp.pat.recommend_config(model, example, mac_target, epochs, lr_restart=True)
+    (tmp_path / "pruning_config.json").write_text(json.dumps(cfg))
+    pruner = tp.Pruning(model, tmp_path, example_inputs=example)
+    torch.manual_seed(0)
+    x, y = torch.randn(32, *INPUT[1:]), torch.randint(0, 10, (32,))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs)
+    removed_at = None
+    for epoch in range(epochs):
+        for _ in range(3):
+            loss = nn.functional.cross_entropy(model(x), y) + pruner.slice_regularize(model)
+            optimizer.zero_grad()
+            loss.backward()
+            pruner.channel_regularize(model)
+            optimizer.step()
+        schedule.step()
+        pruner.prune(model, epoch)
+        if pruner.channel_pruner.reset_optimizer:  # the restart: a new cosine over the rest
+            removed_at = epoch
+            optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+            schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs - epoch - 1)
+            pruner.channel_pruner.reset_optimizer = False
+    assert pruner.channel_pruner.reached_target
+    assert removed_at == cfg["channel_sparsity_args"]["end_epoch"] <= epochs - 3
+    macs = tp.utils.count_ops_and_params(model, example)[0]
+    assert mac_target - 0.05 <= macs / base <= mac_target
+
+
 @pytest.mark.parametrize("bad, match", [((0.0, 10), "mac_target"), ((1.0, 10), "mac_target"),
                                         ((0.5, 3), "epochs")])
 def test_bad_arguments_are_named(bad, match: str) -> None:

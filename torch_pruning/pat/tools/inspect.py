@@ -63,12 +63,16 @@ def _setup_inspect(p: argparse.ArgumentParser) -> None:
                         "this fraction of the MACs instead of the starter config")
     p.add_argument("--epochs", type=int, metavar="N",
                    help="with --mac-target: the length of the whole training run")
+    p.add_argument("--lr-restart", action="store_true",
+                   help="with --mac-target: your loop restarts its learning-rate schedule at "
+                        "the removal (recommend_config(..., lr_restart=True))")
 
 
-def _recommended(model: Any, shapes: Sequence[Shape], mac_target: float,
-                 epochs: int) -> Dict[str, Any]:
+def _recommended(model: Any, shapes: Sequence[Shape], mac_target: float, epochs: int,
+                 lr_restart: bool = False) -> Dict[str, Any]:
     try:
-        return recommend_config(model, make_inputs(shapes, model=model), mac_target, epochs)
+        return recommend_config(model, make_inputs(shapes, model=model), mac_target, epochs,
+                                lr_restart=lr_restart)
     except ValueError as e:
         raise ToolError(f"--mac-target/--epochs: {e}") from e
 
@@ -77,6 +81,9 @@ def _run_inspect(args: argparse.Namespace) -> int:
     try:
         shapes = parse_input_shape(args.input_shape)
         recipe = args.mac_target is not None or args.epochs is not None
+        if args.lr_restart and not recipe:
+            raise ToolError("--lr-restart goes with --mac-target and --epochs (it places the "
+                            "recommended recipe's phases for a learning-rate restart)")
         if recipe and (args.mac_target is None or args.epochs is None or not args.write_config):
             raise ToolError("--mac-target and --epochs go together, with --write-config DIR: "
                             "e.g. --write-config runs/exp --mac-target 0.5 --epochs 30")
@@ -90,14 +97,16 @@ def _run_inspect(args: argparse.Namespace) -> int:
         title = f"{args.model}, input {' + '.join(format_shape(s) for s in shapes)}"
         sys.stdout.write(format_summary(summary, title))
         if args.write_config and recipe:
-            data = _recommended(model, shapes, args.mac_target, args.epochs)
+            data = _recommended(model, shapes, args.mac_target, args.epochs, args.lr_restart)
             path = write_starter_config(args.write_config, data, force=args.force)
             ch = data["channel_sparsity_args"]
+            restart = (" Restart your learning-rate schedule over the epochs left when "
+                       "reset_optimizer turns true." if args.lr_restart else "")
             sys.stdout.write(
                 f"\nWrote {path}: the recommended recipe (docs/recipes.md) for mac_target "
                 f"{args.mac_target} in {args.epochs} epochs: regularization until epoch "
                 f"{ch['start_epoch']}, masking epochs {ch['start_epoch']}-{ch['end_epoch']}, "
-                "fine-tuning after. Check it with\n"
+                f"fine-tuning after.{restart} Check it with\n"
                 f"  python -m torch_pruning.pat validate {path.parent} --model {args.model}\n")
         elif args.write_config:
             path = write_starter_config(args.write_config, starter_config(summary, shapes),
