@@ -15,8 +15,9 @@ training images in ``shared/data/cifar10_train_10k.npz`` and is scored on the ot
   (``--override`` JSON changes it for studying levers: ``recipe`` updates ``RECIPE``, ``pat``
   merges into the config, ``carry`` carries the optimizer state and ``rewind`` restarts the
   one-cycle at the removal; ``lr_restart`` asks for ``recommend_config(..., lr_restart=True)``
-  and restarts the one-cycle at the removal; ``cycles: 2`` ends a first one-cycle at the
-  removal and starts a second over the rest).
+  and restarts the one-cycle at the removal, ``restart_peak`` scales the restarted cycle's
+  peak learning rate; ``cycles: 2`` ends a first one-cycle at the removal and starts a second
+  over the rest).
 * ``pat_kd``: the same plus opt-in distillation from the dense model (``tp.pat.Distillation``):
   by default the teacher is a snapshot taken when masking starts; with ``--override '{"kd":
   {"teacher": "trained"}}'`` it is the unpruned network of the same seed trained to the end by
@@ -203,6 +204,7 @@ class Run:
         self.steps_per_epoch = math.ceil(len(data[1]) / batch)
         self.step = self.cycle_start = 0
         self.cycle_end: Optional[int] = None  # the first cycle ends early ("cycles": 2)
+        self.peak = lr  # the current cycle's peak learning rate
         self.optimizer = self.make_optimizer()
 
     def make_optimizer(self) -> torch.optim.Optimizer:
@@ -217,13 +219,14 @@ class Run:
         warm = max(1, int(0.15 * total))
         step -= first
         if step < warm:
-            return self.lr * (0.1 + 0.9 * step / warm)
+            return self.peak * (0.1 + 0.9 * step / warm)
         done = min(1.0, (step - warm) / max(1, total - warm))
-        return self.lr * 0.5 * (1 + math.cos(math.pi * done))
+        return self.peak * 0.5 * (1 + math.cos(math.pi * done))
 
-    def rewind(self) -> None:
-        """Start a new one-cycle over the rest of the run (learning-rate rewinding)."""
-        self.cycle_start, self.cycle_end = self.step, None
+    def rewind(self, peak: float = 1.0) -> None:
+        """Start a new one-cycle over the rest of the run (learning-rate rewinding), peaking
+        at ``peak`` times the first cycle's learning rate."""
+        self.cycle_start, self.cycle_end, self.peak = self.step, None, self.lr * peak
 
     def train(self, loss_fn: Optional[Callable[[torch.Tensor, torch.Tensor, torch.Tensor],
                                                torch.Tensor]] = None,
@@ -405,7 +408,7 @@ def run_method(method: str, arch: str, budget: float, seed: int, epochs: int,
                     run.optimizer = run.make_optimizer()
                 if (override.get("rewind") or override.get("lr_restart")
                         or override.get("cycles") == 2):
-                    run.rewind()
+                    run.rewind(override.get("restart_peak", 1.0))
                 pruner.channel_pruner.reset_optimizer = False
 
         run.train(loss_fn=loss_fn, after_backward=lambda: pruner.channel_regularize(run.model),
