@@ -18,11 +18,12 @@ from models.loop import five_line_loop
 INPUT = (1, 3, 16, 16)
 
 
-def _train(model: nn.Module, pruner, epochs: int, seed: int = 0) -> nn.Module:
-    """The README's five lines on a fixed random batch."""
+def _train(model: nn.Module, pruner, epochs: int, seed: int = 0, **loop_options) -> nn.Module:
+    """The README's five lines on a fixed random batch (``loop_options`` go to the loop)."""
     torch.manual_seed(seed)
     x, y = torch.randn(32, *INPUT[1:]), torch.randint(0, 10, (32,))
-    return five_line_loop(model, pruner, [(x, y)], epochs=epochs, steps=3, lr=0.05)
+    return five_line_loop(model, pruner, [(x, y)], epochs=epochs, steps=3, lr=0.05,
+                          **loop_options)
 
 
 @pytest.mark.parametrize("epochs", [4, 10, 20, 90])
@@ -99,26 +100,16 @@ def test_run_with_lr_restart_reaches_a_deep_target_and_restarts_the_schedule(tmp
     cfg = tp.pat.recommend_config(model, example, mac_target, epochs, lr_restart=True)
     (tmp_path / "pruning_config.json").write_text(json.dumps(cfg))
     pruner = tp.Pruning(model, tmp_path, example_inputs=example)
-    torch.manual_seed(0)
-    x, y = torch.randn(32, *INPUT[1:]), torch.randint(0, 10, (32,))
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs)
-    removed_at = None
-    for epoch in range(epochs):
-        for _ in range(3):
-            loss = nn.functional.cross_entropy(model(x), y) + pruner.slice_regularize(model)
-            optimizer.zero_grad()
-            loss.backward()
-            pruner.channel_regularize(model)
-            optimizer.step()
-        schedule.step()
-        pruner.prune(model, epoch)
-        if pruner.channel_pruner.reset_optimizer:  # the restart: a new cosine over the rest
-            removed_at = epoch
-            optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-            schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs - epoch - 1)
-            pruner.channel_pruner.reset_optimizer = False
+    cycles = []  # the length of each cosine the loop starts
+
+    def cosine(optimizer: torch.optim.Optimizer, epochs_left: int):
+        cycles.append(epochs_left)
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs_left)
+
+    model = _train(model, pruner, epochs, make_scheduler=cosine)
     assert pruner.channel_pruner.reached_target
+    removed_at = epochs - 1 - cycles[1]
+    assert cycles[0] == epochs and len(cycles) == 2
     assert removed_at == cfg["channel_sparsity_args"]["end_epoch"] <= epochs - 3
     macs = tp.utils.count_ops_and_params(model, example)[0]
     assert mac_target - 0.05 <= macs / base <= mac_target
