@@ -108,8 +108,8 @@ def test_run_with_lr_restart_reaches_a_deep_target_and_restarts_the_schedule(tmp
 
     model = _train(model, pruner, epochs, make_scheduler=cosine)
     assert pruner.channel_pruner.reached_target
+    assert len(cycles) == 2 and cycles[0] == epochs
     removed_at = epochs - 1 - cycles[1]
-    assert cycles[0] == epochs and len(cycles) == 2
     assert removed_at == cfg["channel_sparsity_args"]["end_epoch"] <= epochs - 3
     macs = tp.utils.count_ops_and_params(model, example)[0]
     assert mac_target - 0.05 <= macs / base <= mac_target
