@@ -477,6 +477,49 @@ def test_bn_scale_regularizes_the_bn_scales_only() -> None:
         assert torch.equal(p.grad, expected), name
 
 
+def _prune_epochs(pruner: ChannelPruner, model: nn.Module, epochs: range) -> None:
+    for epoch in epochs:
+        _zero_grads(model)
+        pruner.regularize(model)
+        pruner.prune(model, epoch)
+
+
+@pytest.mark.skipif(not torch.set_flush_denormal(False),
+                    reason="this CPU has no flush-to-zero mode (the hint is about x86 CPUs)")
+def test_tiny_pushed_weights_on_cpu_bring_one_flush_to_zero_hint(
+        caplog: pytest.LogCaptureFixture) -> None:
+    model = SmallCNN()
+    log = ListLog()
+    pruner = make(model, layers=["features.0.0"], regularize={"reg": 0.1}, start_epoch=5,
+                  end_epoch=8, log=log)
+    with caplog.at_level(logging.WARNING, logger="torch_pruning.pat"):
+        _prune_epochs(pruner, model, range(0, 2))  # healthy weights: no hint
+        assert "set_flush_denormal" not in caplog.text
+        with torch.no_grad():
+            model.features[0][0].weight[3].mul_(1e-20)  # as after a long penalty
+        _prune_epochs(pruner, model, range(2, 5))
+    hints = [r.getMessage() for r in caplog.records if "set_flush_denormal(True)" in r.getMessage()]
+    assert len(hints) == 1 and "features.0.0.weight below 1e-15" in hints[0]
+    assert [line for line in log.lines if "set_flush_denormal" in line] == hints
+
+
+@pytest.mark.skipif(not torch.set_flush_denormal(False),
+                    reason="this CPU has no flush-to-zero mode")
+def test_no_flush_to_zero_hint_when_the_mode_is_on(caplog: pytest.LogCaptureFixture) -> None:
+    model = SmallCNN()
+    pruner = make(model, layers=["features.0.0"], regularize={"reg": 0.1}, start_epoch=5,
+                  end_epoch=8)
+    with torch.no_grad():
+        model.features[0][0].weight[3].mul_(1e-20)
+    torch.set_flush_denormal(True)
+    try:
+        with caplog.at_level(logging.WARNING, logger="torch_pruning.pat"):
+            _prune_epochs(pruner, model, range(0, 3))
+    finally:
+        torch.set_flush_denormal(False)
+    assert "set_flush_denormal" not in caplog.text
+
+
 # --------------------------------------------------------------------------- resume
 def _run(model: nn.Module, pruner: ChannelPruner, optimizer: torch.optim.Optimizer,
          epochs: range) -> None:

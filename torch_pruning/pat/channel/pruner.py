@@ -51,6 +51,7 @@ from .importance import make_importance
 from .progress import ProgressWatch, finished_config_mismatch, stored_macs
 from .ranking import SelectionRules, fill_to_target, select_units, with_dead_units
 from .regularizer import ChannelRegularizer
+from .subnormal import first_tiny_cpu_weight, flush_to_zero_on, hint
 from .tracing import build_graph
 
 __all__ = ["ChannelPruner"]
@@ -149,6 +150,7 @@ class ChannelPruner:
         self._finished_in_config = self.reached_target  # checked against the model at prune()
         self._summary_logged = False
         self._measured: Optional[Tuple[Tuple[Any, ...], float]] = None  # (shapes, MACs)
+        self._subnormal_hinted = False  # the flush-to-zero hint is given once per job
         if self.reached_target:
             emit(f"{self._source}: reach_mac_target is true, so channel pruning is finished: "
                  "the model should have the reduced shapes (loaded with "
@@ -251,6 +253,7 @@ class ChannelPruner:
         log = log if log is not None else self.log
         self._next_epoch = epoch + 1
         if self.regularizer is not None:  # rank afresh each epoch: resumable bit for bit
+            self._hint_subnormal(log)
             self.regularizer.restart()
         if self.reached_target:
             self._log_finished(epoch, log)
@@ -278,6 +281,21 @@ class ChannelPruner:
                  f"mac_target {self.cfg.mac_target:.2%}: raise {SECTION}.global_prune_rate or "
                  "call channel_pruner.remove_masked_channels(model).", log, logging.WARNING,
                  logger)
+
+    def _hint_subnormal(self, log: Optional[UserLog]) -> None:
+        """Once per job, after an epoch that regularized: warn when pushed weights fell below
+        1e-15 on CPU without flush-to-zero (subnormal products make steps several times
+        slower; :mod:`.subnormal`)."""
+        if (self._subnormal_hinted or self._focus_epoch is None or self.reached_target
+                or flush_to_zero_on()):
+            return
+        names = {id(m): n for n, m in self._model.named_modules()}
+        name = first_tiny_cpu_weight(
+            (f"{names.get(id(module), type(module).__name__)}.{attr}".lstrip("."),
+             getattr(module, attr)) for module, attr in self.regularizer.parameters())
+        if name is not None:
+            self._subnormal_hinted = True
+            emit(hint(name), log, logging.WARNING, logger)
 
     def _log_finished(self, epoch: int, log: Optional[UserLog]) -> None:
         """After the target: the stored summary once (a restarted job), a loud warning once when

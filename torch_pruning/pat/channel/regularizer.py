@@ -212,6 +212,10 @@ class ChannelRegularizer:
             w = w * g.expand_units(self.focus[g.number]).to(torch.float64)
         return w
 
+    def parameters(self) -> List[_Param]:
+        """The ``(module, name)`` of every parameter the penalty reaches."""
+        return list(self._param_dims)
+
     @property
     def active(self) -> bool:
         """False when every strength is zero (nothing to add)."""
