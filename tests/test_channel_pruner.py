@@ -477,6 +477,11 @@ def test_bn_scale_regularizes_the_bn_scales_only() -> None:
         assert torch.equal(p.grad, expected), name
 
 
+needs_flush_to_zero = pytest.mark.skipif(
+    not torch.set_flush_denormal(False),
+    reason="this CPU has no flush-to-zero mode (the hint is about x86 CPUs)")
+
+
 def _prune_epochs(pruner: ChannelPruner, model: nn.Module, epochs: range) -> None:
     for epoch in epochs:
         _zero_grads(model)
@@ -484,8 +489,7 @@ def _prune_epochs(pruner: ChannelPruner, model: nn.Module, epochs: range) -> Non
         pruner.prune(model, epoch)
 
 
-@pytest.mark.skipif(not torch.set_flush_denormal(False),
-                    reason="this CPU has no flush-to-zero mode (the hint is about x86 CPUs)")
+@needs_flush_to_zero
 def test_tiny_pushed_weights_on_cpu_bring_one_flush_to_zero_hint(
         caplog: pytest.LogCaptureFixture) -> None:
     model = SmallCNN()
@@ -503,8 +507,7 @@ def test_tiny_pushed_weights_on_cpu_bring_one_flush_to_zero_hint(
     assert [line for line in log.lines if "set_flush_denormal" in line] == hints
 
 
-@pytest.mark.skipif(not torch.set_flush_denormal(False),
-                    reason="this CPU has no flush-to-zero mode")
+@needs_flush_to_zero
 def test_no_flush_to_zero_hint_when_the_mode_is_on(caplog: pytest.LogCaptureFixture) -> None:
     model = SmallCNN()
     pruner = make(model, layers=["features.0.0"], regularize={"reg": 0.1}, start_epoch=5,

@@ -40,7 +40,7 @@ from ..core.cost import CostModel, RemovalPlan
 from ..core.hf import sync_hf_config
 from ..core.latency import LatencyCost, load_or_measure
 from ..core.macs import MacCounter
-from ..core.masks import MaskSet
+from ..core.masks import MaskSet, strip_module_prefix
 from ..core.schedule import ChannelSchedule
 from ..util.fsdp import gathered_parameters, is_sharded, unshard_model
 from ..util.log import UserLog, emit, human_count
@@ -289,13 +289,13 @@ class ChannelPruner:
         if (self._subnormal_hinted or self._focus_epoch is None or self.reached_target
                 or flush_to_zero_on()):
             return
-        names = {id(m): n for n, m in self._model.named_modules()}
-        name = first_tiny_cpu_weight(
-            (f"{names.get(id(module), type(module).__name__)}.{attr}".lstrip("."),
-             getattr(module, attr)) for module, attr in self.regularizer.parameters())
-        if name is not None:
+        found = first_tiny_cpu_weight(self.regularizer.parameters())
+        if found is not None:
+            module, attr = found
+            names = {m: strip_module_prefix(n) for n, m in self._model.named_modules()}
+            where = names.get(module) or type(module).__name__
             self._subnormal_hinted = True
-            emit(hint(name), log, logging.WARNING, logger)
+            emit(hint(f"{where}.{attr}"), log, logging.WARNING, logger)
 
     def _log_finished(self, epoch: int, log: Optional[UserLog]) -> None:
         """After the target: the stored summary once (a restarted job), a loud warning once when

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Iterable, Optional, Tuple
 
 import torch
+from torch import nn
 
 from ..util.fsdp import local_tensor
 
@@ -33,20 +34,25 @@ def flush_to_zero_on() -> bool:
 
 
 @torch.no_grad()
-def first_tiny_cpu_weight(params: Iterable[Tuple[str, torch.Tensor]]) -> Optional[str]:
-    """Name of the first float32 CPU parameter with a nonzero entry below :data:`TINY`, or None.
+def first_tiny_cpu_weight(params: Iterable[Tuple[nn.Module, str]]
+                          ) -> Optional[Tuple[nn.Module, str]]:
+    """The first ``(module, name)`` whose parameter is float32 on CPU with a nonzero entry
+    below :data:`TINY`, or None.
 
     Example:
-        >>> first_tiny_cpu_weight([("w", torch.tensor([1.0, 1e-20]))])
-        'w'
+        >>> lin = nn.Linear(2, 1)
+        >>> with torch.no_grad():
+        ...     _ = lin.weight.fill_(1e-20)
+        >>> first_tiny_cpu_weight([(lin, "bias"), (lin, "weight")]) == (lin, "weight")
+        True
     """
-    for name, param in params:
-        w = local_tensor(param.detach())
+    for module, name in params:
+        w = local_tensor(getattr(module, name).detach())
         if w.device.type != "cpu" or w.dtype != torch.float32 or w.numel() == 0:
             continue
         size = w.abs()
         if bool(((size < TINY) & (size > 0)).any()):
-            return name
+            return module, name
     return None
 
 
