@@ -7,7 +7,10 @@
 The channel and slice overhead benchmarks run at every thread count of ``--threads``
 (default ``1,all``: one thread, and every core, as users run) and with both forms of
 ``layers`` (the seed's explicit list of Conv2d names, and ``"all"``). ``--overhead-only``
-reruns just those two and replaces their block of the existing page, leaving the rest.
+reruns just those two and replaces their block of the existing page, leaving the rest. A
+full run rewrites the sections it measures and keeps every other section of the existing page
+(the hand-written summary, and the ones other scripts write: ``bench_llm.py``,
+``bench_accuracy.py``), in their order, after its own.
 
 Each benchmark is a script of its own (``bench_channel.py``, ``bench_slice.py``) printing a
 markdown table of ratios measured in one run; the end-to-end figures run the digits example
@@ -41,6 +44,33 @@ def kept_section(path: Path) -> str:
     """The hand-written section of the existing page, or '' (then it is left out)."""
     found = KEPT.search(path.read_text()) if path.exists() else None
     return found.group(0) if found else ""
+
+
+def _heading(line: str) -> str:
+    """A section's heading without its parenthesized detail (the seed count may change)."""
+    return re.sub(r"\s*\(.*$", "", line.strip())
+
+
+def other_sections(page: str, generated: str) -> str:
+    r"""The ``## `` sections of ``page`` (outside its kept and overhead blocks) whose heading
+    ``generated`` does not have, in their order.
+
+    Example:
+        >>> page = "# B\n\n## Latency (x)\n\nold\n\n## Decoders\n\nkept\n"
+        >>> other_sections(page, "# B\n\n## Latency (y)\n\nnew\n")
+        '## Decoders\n\nkept\n'
+    """
+    rest = OVERHEAD.sub("", KEPT.sub("", page))
+    have = {_heading(line) for line in generated.splitlines() if line.startswith("## ")}
+    sections = re.split(r"(?m)^(?=## )", rest)[1:]
+    return "".join(s for s in sections if _heading(s.splitlines()[0]) not in have)
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file in the same folder."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
 
 
 def machine() -> str:
@@ -135,7 +165,7 @@ def main(argv=None) -> int:
                      "--overhead-only")
     tables = overhead(args.steps, args.threads, command.strip(), where)
     if args.overhead_only:
-        args.out.write_text(OVERHEAD.sub(lambda _: tables, page))
+        write_atomically(args.out, OVERHEAD.sub(lambda _: tables, page))
         print(tables)
         return 0
     first = args.threads.split(",")[0].strip()
@@ -188,7 +218,10 @@ through with `pruner.carry_optimizer_state(optimizer)` (`--carry-optimizer`): sa
 PAT accuracy {c['acc_pat']:.2f}% with the carried state against {d['acc_pat']:.2f}% with a reset
 (largest drop of a seed {c['acc_drop_max']:.2f} against {d['acc_drop_max']:.2f} points).
 """
-    args.out.write_text(text)
+    if args.out.exists():
+        carried = other_sections(args.out.read_text(), text)
+        text = text + ("\n" + carried if carried else "")
+    write_atomically(args.out, text)
     print(text)
     return 0
 
