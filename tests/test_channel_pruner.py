@@ -477,50 +477,74 @@ def test_bn_scale_regularizes_the_bn_scales_only() -> None:
         assert torch.equal(p.grad, expected), name
 
 
-needs_flush_to_zero = pytest.mark.skipif(
-    not torch.set_flush_denormal(False),
-    reason="this CPU has no flush-to-zero mode (the hint is about x86 CPUs)")
+def _shrink_channel(model: SmallCNN, channel: int, factor: float) -> None:
+    """Scale every entry coupled to ``features.0.0``'s output ``channel`` (as a long penalty
+    would): its filter, BatchNorm scale and shift, and the next conv's input slice."""
+    conv, bn, nxt = model.features[0][0], model.features[0][1], model.features[1][0]
+    with torch.no_grad():
+        for p, index in ((conv.weight, channel), (bn.weight, channel), (bn.bias, channel),
+                         (nxt.weight, (slice(None), channel))):
+            p[index] *= factor
+        if conv.bias is not None:
+            conv.bias[channel] *= factor
 
 
-def _prune_epochs(pruner: ChannelPruner, model: nn.Module, epochs: range) -> None:
-    for epoch in epochs:
-        _zero_grads(model)
-        pruner.regularize(model)
-        pruner.prune(model, epoch)
+def _coupled(model: SmallCNN, channel: int) -> List[torch.Tensor]:
+    conv, bn, nxt = model.features[0][0], model.features[0][1], model.features[1][0]
+    return [conv.weight[channel], bn.weight[channel], bn.bias[channel], nxt.weight[:, channel]]
 
 
-@needs_flush_to_zero
-def test_tiny_pushed_weights_on_cpu_bring_one_flush_to_zero_hint(
-        caplog: pytest.LogCaptureFixture) -> None:
-    model = SmallCNN()
-    log = ListLog()
-    pruner = make(model, layers=["features.0.0"], regularize={"reg": 0.1}, start_epoch=5,
-                  end_epoch=8, log=log)
-    with caplog.at_level(logging.WARNING, logger="torch_pruning.pat"):
-        _prune_epochs(pruner, model, range(0, 2))  # healthy weights: no hint
-        assert "set_flush_denormal" not in caplog.text
-        with torch.no_grad():
-            model.features[0][0].weight[3].mul_(1e-20)  # as after a long penalty
-        _prune_epochs(pruner, model, range(2, 5))
-    hints = [r.getMessage() for r in caplog.records if "set_flush_denormal(True)" in r.getMessage()]
-    assert len(hints) == 1 and "features.0.0.weight below 1e-15" in hints[0]
-    assert [line for line in log.lines if "set_flush_denormal" in line] == hints
-
-
-@needs_flush_to_zero
-def test_no_flush_to_zero_hint_when_the_mode_is_on(caplog: pytest.LogCaptureFixture) -> None:
+def test_spent_channels_become_exact_zeros_with_their_momentum() -> None:
+    torch.manual_seed(0)
     model = SmallCNN()
     pruner = make(model, layers=["features.0.0"], regularize={"reg": 0.1}, start_epoch=5,
                   end_epoch=8)
-    with torch.no_grad():
-        model.features[0][0].weight[3].mul_(1e-20)
-    torch.set_flush_denormal(True)
-    try:
-        with caplog.at_level(logging.WARNING, logger="torch_pruning.pat"):
-            _prune_epochs(pruner, model, range(0, 3))
-    finally:
-        torch.set_flush_denormal(False)
-    assert "set_flush_denormal" not in caplog.text
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    _shrink_channel(model, 3, 1e-12)  # spent: far below float32's resolution of the others
+    _shrink_channel(model, 5, 1e-4)  # small, but not spent
+    before = copy.deepcopy(model)
+    train(model, pruner, optimizer, steps=3)
+    assert all(bool((t == 0).all()) for t in _coupled(model, 3))
+    state = optimizer.state
+    assert all(bool((state[p]["momentum_buffer"][i] == 0).all()) for p, i in (
+        (model.features[0][0].weight, 3), (model.features[0][1].weight, 3)))
+    assert bool((state[model.features[1][0].weight]["momentum_buffer"][:, 3] == 0).all())
+    # the small channel and the healthy ones keep training
+    assert all(bool((t != 0).any()) for t in _coupled(model, 5))
+    assert not torch.equal(model.features[0][0].weight[5], before.features[0][0].weight[5])
+    assert bool((model.features[0][0].weight[0] != 0).all())
+
+
+def test_only_channels_the_penalty_pushes_count_as_spent() -> None:
+    torch.manual_seed(0)
+    model = SmallCNN()
+    pruner = make(model, layers=["features.0.0"], regularize={"reg": 0.1})
+    _shrink_channel(model, 3, 1e-12)
+    reg = pruner.regularizer
+    conv = model.features[0][0]
+    assert reg.spent()[(conv, "weight")].flatten().nonzero().flatten().tolist() == [3]
+    not_three = torch.ones(16, dtype=torch.bool)
+    not_three[3] = False
+    reg.focus_on({pruner.groups[0].number: not_three})  # pushes every channel but 3
+    assert reg.spent() == {}
+
+
+def test_spent_zeroing_stops_at_the_removal_and_training_goes_on() -> None:
+    torch.manual_seed(0)
+    model = SmallCNN()
+    pruner = make(model, regularize={"reg": 0.1}, start_epoch=1, end_epoch=1,
+                  global_prune_rate=0.5, mac_target=0.6)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    _shrink_channel(model, 3, 1e-12)
+    for epoch in range(3):
+        train(model, pruner, optimizer, steps=2, seed=epoch)
+        pruner.prune(model, epoch)
+        if pruner.reset_optimizer:
+            pruner.reset_optimizer = False
+            optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    assert pruner.reached_target
+    assert model.features[0][0].out_channels < 16
+    assert bool(torch.isfinite(outputs(model)).all())
 
 
 # --------------------------------------------------------------------------- resume

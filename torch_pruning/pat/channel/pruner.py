@@ -40,7 +40,7 @@ from ..core.cost import CostModel, RemovalPlan
 from ..core.hf import sync_hf_config
 from ..core.latency import LatencyCost, load_or_measure
 from ..core.macs import MacCounter
-from ..core.masks import MaskSet, strip_module_prefix
+from ..core.masks import MaskSet
 from ..core.schedule import ChannelSchedule
 from ..util.fsdp import gathered_parameters, is_sharded, unshard_model
 from ..util.log import UserLog, emit, human_count
@@ -51,7 +51,7 @@ from .importance import make_importance
 from .progress import ProgressWatch, finished_config_mismatch, stored_macs
 from .ranking import SelectionRules, fill_to_target, select_units, with_dead_units
 from .regularizer import ChannelRegularizer
-from .subnormal import first_tiny_cpu_weight, flush_to_zero_on, hint
+from .subnormal import SPENT_EVERY, SpentZeroing
 from .tracing import build_graph
 
 __all__ = ["ChannelPruner"]
@@ -150,7 +150,8 @@ class ChannelPruner:
         self._finished_in_config = self.reached_target  # checked against the model at prune()
         self._summary_logged = False
         self._measured: Optional[Tuple[Tuple[Any, ...], float]] = None  # (shapes, MACs)
-        self._subnormal_hinted = False  # the flush-to-zero hint is given once per job
+        self._spent = SpentZeroing()  # spent channels held at exact zero (CPU; .subnormal)
+        self._steps_in_epoch = 0
         if self.reached_target:
             emit(f"{self._source}: reach_mac_target is true, so channel pruning is finished: "
                  "the model should have the reduced shapes (loaded with "
@@ -200,6 +201,7 @@ class ChannelPruner:
         self._pruned = {g.number: torch.zeros(g.units, dtype=torch.bool) for g in self.groups}
         reg = cfg.regularize
         self.regularizer = None
+        self._spent.clear()
         if not cfg.infer and (reg.reg > 0 or reg.mac_reg > 0):
             self.regularizer = ChannelRegularizer(
                 self.groups, cfg.pruning_method, reg=reg.reg, mac_reg=reg.mac_reg,
@@ -227,6 +229,9 @@ class ChannelPruner:
         if self._focus_epoch != self._next_epoch:
             self._refocus()
         self.regularizer.apply(self._pruned)
+        if self._steps_in_epoch % SPENT_EVERY == 0:
+            self._spent.set(self.regularizer.spent())
+        self._steps_in_epoch += 1
 
     @property
     def next_epoch(self) -> int:
@@ -253,8 +258,9 @@ class ChannelPruner:
         log = log if log is not None else self.log
         self._next_epoch = epoch + 1
         if self.regularizer is not None:  # rank afresh each epoch: resumable bit for bit
-            self._hint_subnormal(log)
             self.regularizer.restart()
+            self._spent.clear()
+            self._steps_in_epoch = 0
         if self.reached_target:
             self._log_finished(epoch, log)
             return
@@ -281,21 +287,6 @@ class ChannelPruner:
                  f"mac_target {self.cfg.mac_target:.2%}: raise {SECTION}.global_prune_rate or "
                  "call channel_pruner.remove_masked_channels(model).", log, logging.WARNING,
                  logger)
-
-    def _hint_subnormal(self, log: Optional[UserLog]) -> None:
-        """Once per job, after an epoch that regularized: warn when pushed weights fell below
-        1e-15 on CPU without flush-to-zero (subnormal products make steps several times
-        slower; :mod:`.subnormal`)."""
-        if (self._subnormal_hinted or self._focus_epoch is None or self.reached_target
-                or flush_to_zero_on()):
-            return
-        found = first_tiny_cpu_weight(self.regularizer.parameters())
-        if found is not None:
-            module, attr = found
-            names = {m: strip_module_prefix(n) for n, m in self._model.named_modules()}
-            where = names.get(module) or type(module).__name__
-            self._subnormal_hinted = True
-            emit(hint(f"{where}.{attr}"), log, logging.WARNING, logger)
 
     def _log_finished(self, epoch: int, log: Optional[UserLog]) -> None:
         """After the target: the stored summary once (a restarted job), a loud warning once when
@@ -530,6 +521,7 @@ class ChannelPruner:
         (:func:`~..util.fsdp.unshard_model`): call ``fully_shard`` on it again.
         """
         model = unwrap_model(model)
+        self._spent.clear()  # its positions have the old shapes
         if unshard_model(model):
             emit("Gathered the FSDP-sharded model whole on every rank for the removal; it is "
                  "returned unsharded: call fully_shard on it again, then re-create the "
@@ -606,6 +598,8 @@ class ChannelPruner:
         self._ratio, self._last_epoch = state.get("ratio", 0.0), state.get("last_epoch")
         self._next_epoch, self._focus_epoch = state.get("next_epoch", 0), None
         self.reached_target, self._removed = reached, removed
+        self._spent.clear()
+        self._steps_in_epoch = 0
         if removed:  # the model is loaded in its final shapes: nothing left to mask
             self.groups, self._pruned, self.regularizer = [], {}, None
             self._counter = self._cost_model = None

@@ -54,6 +54,7 @@ from torch import nn
 from ..config.models import PruningMethod
 from ..util.fsdp import full_tensor, local_part, local_tensor
 from .group import ChannelGroup, ParamSlice
+from .subnormal import SPENT
 
 __all__ = ["ChannelRegularizer"]
 
@@ -212,10 +213,6 @@ class ChannelRegularizer:
             w = w * g.expand_units(self.focus[g.number]).to(torch.float64)
         return w
 
-    def parameters(self) -> List[_Param]:
-        """The ``(module, name)`` of every parameter the penalty reaches."""
-        return list(self._param_dims)
-
     @property
     def active(self) -> bool:
         """False when every strength is zero (nothing to add)."""
@@ -278,6 +275,42 @@ class ChannelRegularizer:
             lam[g.number] = (self.strength[g.number] * self.gamma ** t
                              * self._weights(g).to(t.device, t.dtype))
         return lam
+
+    @torch.no_grad()
+    def spent(self) -> Dict[_Param, torch.Tensor]:
+        """Positions of *spent* channels: pushed now (inside the focus) and every coupled
+        entry below :data:`~.subnormal.SPENT` times its parameter's largest magnitude.
+
+        Per parameter, a bool tensor broadcastable to it (True where an output or input
+        channel is spent); parameters without one are left out. Empty unless every regularized
+        parameter is float32 on CPU, where subnormal products are slow (:mod:`.subnormal`).
+        """
+        relative: Dict[_Key, torch.Tensor] = {}
+        for (module, name), dims in self._param_dims.items():
+            param = getattr(module, name)
+            if param.device.type != "cpu" or param.dtype != torch.float32:
+                return {}
+            w = full_tensor(param.detach())
+            unused = [d for d in range(w.dim()) if d not in dims]  # kernel dims: reduced first
+            size = w.abs().amax(dim=unused) if unused else w.abs()
+            top = float(size.max()) if size.numel() else 0.0
+            size = size / top if top > 0 else torch.zeros_like(size)
+            for i, d in enumerate(dims):
+                others = [j for j in range(len(dims)) if j != i]
+                relative[(module, name, d)] = size.amax(dim=others) if others else size
+        flags: Dict[int, torch.Tensor] = {}
+        for g in self.groups:
+            largest = torch.zeros(g.channels)
+            for s in self._slices[g.number]:
+                values = relative[(s.module, s.name, s.dim)].index_select(0, s.index.cpu())
+                largest.scatter_reduce_(0, s.roots.cpu(), values, reduce="amax")
+            flags[g.number] = ((largest < SPENT) & (self._weights(g) > 0)).to(torch.float64)
+        if not any(bool(f.any()) for f in flags.values()):
+            return {}
+        if self._layout is None:
+            self._layout = _ScatterLayout(self.groups, self._by_param)
+        where = {key: c > 0 for key, c in self._layout.coefficients(flags).items()}
+        return {key: w for key, w in where.items() if bool(w.any())}
 
     def restart(self) -> None:
         """Re-rank the channels at the next step and count ``refresh_every`` from there.
