@@ -5,7 +5,8 @@ on the whole model, the model is sharded, the five lines train it, and after the
 removal the pruner hands back the reduced model unsharded and the loop shards it again. Over
 the same global batches, two ranks and one process must end with the same masks, the same
 pruned shapes and the same weights (float tolerance); a job stopped mid-PAT and resumed from
-its rank-0 checkpoint must end like the uninterrupted one.
+its rank-0 checkpoint must end like the uninterrupted one. One channel starts spent (every
+coupled weight scaled by 1e-12): both hold it at exact zero until it is removed.
 """
 
 from __future__ import annotations
@@ -42,6 +43,15 @@ CONFIG: Dict[str, Any] = {
     },
 }
 EPOCHS, STEPS, BATCH = 5, 3, 8  # global batch of 8: 4 samples per rank on two ranks
+SPENT_CHANNEL = 7  # of block.0: on rank 1's shard of its weight (rows 6-11)
+
+
+def spend(model: nn.Module) -> None:
+    """Scale every weight coupled to ``block.0``'s channel SPENT_CHANNEL by 1e-12."""
+    with torch.no_grad():
+        for p in (model.block[0].weight, model.block[0].bias):
+            p[SPENT_CHANNEL] *= 1e-12
+        model.block[2].weight[:, SPENT_CHANNEL] *= 1e-12
 
 
 def batch(epoch: int, step: int) -> Any:
@@ -73,6 +83,7 @@ def pat_run(out: Path, rank: int, world: int, *, stop_after: Optional[int] = Non
     sharded = world > 1
     torch.manual_seed(0)
     model = NormFreeCNN()
+    spend(model)
     start_epoch, ckpt = 0, None
     if resume is not None:
         ckpt = torch.load(resume, weights_only=False)
@@ -97,6 +108,7 @@ def pat_run(out: Path, rank: int, world: int, *, stop_after: Optional[int] = Non
     per_rank = BATCH // world
     history: List[Any] = []
     shapes_sharded: List[Any] = []
+    spent_zero: List[bool] = []  # after each epoch before the removal
     for epoch in range(start_epoch, EPOCHS):
         for step in range(STEPS):
             x, y = batch(epoch, step)
@@ -105,6 +117,9 @@ def pat_run(out: Path, rank: int, world: int, *, stop_after: Optional[int] = Non
             optimizer.zero_grad(); loss.backward()
             pruner.channel_regularize(model)
             optimizer.step()
+        with gathered_parameters(model):
+            if model.block[0].out_channels == NormFreeCNN().block[0].out_channels:
+                spent_zero.append(bool((model.block[0].weight[SPENT_CHANNEL] == 0).all()))
         pruner.prune(model, epoch)
         if pruner.channel_pruner.reset_optimizer:
             shapes_sharded.append(is_sharded(model))
@@ -130,7 +145,7 @@ def pat_run(out: Path, rank: int, world: int, *, stop_after: Optional[int] = Non
     weights = full_state(model)
     return {"history": history, "weights": {k: v.tolist() for k, v in weights.items()},
             "shapes": {k: list(v.shape) for k, v in weights.items()},
-            "unsharded_at_removal": shapes_sharded,
+            "unsharded_at_removal": shapes_sharded, "spent_zero": spent_zero,
             "class_after": type(model).__name__, "sharded_after": is_sharded(model)}
 
 
@@ -239,6 +254,8 @@ def test_two_fsdp_ranks_prune_like_one_process(runs: Dict[str, Any]) -> None:
     assert two["shapes"] == one["shapes"]  # same pruned shapes
     assert one["shapes"]["stem.weight"][0] < 12
     assert close(two["weights"], one["weights"]) < 1e-4
+    # the spent channel is exact zero on both, from the first epoch to its removal
+    assert two["spent_zero"] == one["spent_zero"] and one["spent_zero"] and all(one["spent_zero"])
     # removal handed back a plain model, which the loop sharded again
     assert two["unsharded_at_removal"] == [False] and two["sharded_after"]
     assert two["class_after"].startswith("FSDP")
