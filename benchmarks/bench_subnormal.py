@@ -1,11 +1,12 @@
-"""Subnormal floats from a long L2 penalty on CPU, and the switch that avoids them.
+"""Subnormal floats from a long L2 penalty on CPU, and what avoids them.
 
 A focused L2 penalty shrinks the channels it pushes geometrically. In the 60-epoch VGG runs of
 ``bench_accuracy.py`` at 0.1x the weights of the pushed channels were between 1e-25 and 1e-10
 at the end of the penalty, and the last penalty and masking epochs took 2-6 times as long as
 a dense epoch: products of such values in the backward pass are subnormal floats, which x86
 CPUs compute far slower. ``torch.set_flush_denormal(True)`` (the CPU's flush-to-zero mode, for
-the whole process) makes them exact zeros.
+the whole process) makes them exact zeros; the channel pruner now holds the channels it has
+pushed at exact zero once they are spent, which removed those slow epochs.
 
 This script builds the VGG-style CNN of ``bench_accuracy.py`` (random weights, 32x32 inputs,
 batch 128), scales every parameter coupled to the last two thirds of each convolution's output
@@ -34,8 +35,8 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
 import json
+import os
 import statistics
 import sys
 import tempfile

@@ -10,8 +10,8 @@ penalty epochs took 2-6 times a dense epoch).
 entry fell below :data:`SPENT` times its parameter's largest magnitude (below float32's
 resolution against it, so they no longer change any sum they enter). Their weights and the
 optimizer's state at their positions (momentum, Adam moments) are set to zero after every
-optimizer step; an all-zero channel behind a ReLU gets exactly zero gradients, so it stays zero
-and its products are exact zeros, not subnormals. The regularizer finds them
+optimizer step (an all-zero channel behind a ReLU gets exactly zero gradients anyway), so their
+products are exact zeros, not subnormals. The regularizer finds them
 (:meth:`~.regularizer.ChannelRegularizer.spent`), on CPU float32 parameters only (GPUs compute
 subnormals at full speed). ``torch.set_flush_denormal(True)`` would also do it, but it is a
 setting of the whole process, left to the user (docs/faq.md).
