@@ -494,21 +494,26 @@ def _coupled(model: SmallCNN, channel: int) -> List[torch.Tensor]:
     return [conv.weight[channel], bn.weight[channel], bn.bias[channel], nxt.weight[:, channel]]
 
 
-def test_spent_channels_become_exact_zeros_with_their_momentum() -> None:
+@pytest.mark.parametrize("make_optimizer", [
+    lambda params: torch.optim.SGD(params, lr=0.05, momentum=0.9),
+    lambda params: torch.optim.AdamW(params, lr=1e-3)], ids=["sgd_momentum", "adamw"])
+def test_spent_channels_become_exact_zeros_with_their_optimizer_state(
+        make_optimizer: Callable[[Any], torch.optim.Optimizer]) -> None:
     torch.manual_seed(0)
     model = SmallCNN()
     pruner = make(model, layers=["features.0.0"], regularize={"reg": 0.1}, start_epoch=5,
                   end_epoch=8)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    optimizer = make_optimizer(model.parameters())
     _shrink_channel(model, 3, 1e-12)  # spent: far below float32's resolution of the others
     _shrink_channel(model, 5, 1e-4)  # small, but not spent
     before = copy.deepcopy(model)
     train(model, pruner, optimizer, steps=3)
     assert all(bool((t == 0).all()) for t in _coupled(model, 3))
-    state = optimizer.state
-    assert all(bool((state[p]["momentum_buffer"][i] == 0).all()) for p, i in (
-        (model.features[0][0].weight, 3), (model.features[0][1].weight, 3)))
-    assert bool((state[model.features[1][0].weight]["momentum_buffer"][:, 3] == 0).all())
+    conv, bn, nxt = model.features[0][0], model.features[0][1], model.features[1][0]
+    for p, index in ((conv.weight, 3), (bn.weight, 3), (bn.bias, 3),
+                     (nxt.weight, (slice(None), 3))):
+        moments = [v for v in optimizer.state[p].values() if v.shape == p.shape]
+        assert moments and all(bool((v[index] == 0).all()) for v in moments)
     # the small channel and the healthy ones keep training
     assert all(bool((t != 0).any()) for t in _coupled(model, 5))
     assert not torch.equal(model.features[0][0].weight[5], before.features[0][0].weight[5])
