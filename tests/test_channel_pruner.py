@@ -7,7 +7,7 @@ import io
 import json
 import logging
 from pathlib import Path
-from typing import Any, Callable, List
+from typing import Any, Callable, List, Tuple
 
 import pytest
 import torch
@@ -477,21 +477,23 @@ def test_bn_scale_regularizes_the_bn_scales_only() -> None:
         assert torch.equal(p.grad, expected), name
 
 
-def _shrink_channel(model: SmallCNN, channel: int, factor: float) -> None:
-    """Scale every entry coupled to ``features.0.0``'s output ``channel`` (as a long penalty
-    would): its filter, BatchNorm scale and shift, and the next conv's input slice."""
+def _coupled_entries(model: SmallCNN, channel: int) -> List[Tuple[torch.Tensor, Any]]:
+    """``(parameter, index)`` of every entry coupled to ``features.0.0``'s output ``channel``:
+    its filter, BatchNorm scale and shift, and the next conv's input slice."""
     conv, bn, nxt = model.features[0][0], model.features[0][1], model.features[1][0]
+    return [(conv.weight, channel), (bn.weight, channel), (bn.bias, channel),
+            (nxt.weight, (slice(None), channel))]
+
+
+def _shrink_channel(model: SmallCNN, channel: int, factor: float) -> None:
+    """Scale the channel's coupled entries by ``factor``, as a long penalty would."""
     with torch.no_grad():
-        for p, index in ((conv.weight, channel), (bn.weight, channel), (bn.bias, channel),
-                         (nxt.weight, (slice(None), channel))):
+        for p, index in _coupled_entries(model, channel):
             p[index] *= factor
-        if conv.bias is not None:
-            conv.bias[channel] *= factor
 
 
 def _coupled(model: SmallCNN, channel: int) -> List[torch.Tensor]:
-    conv, bn, nxt = model.features[0][0], model.features[0][1], model.features[1][0]
-    return [conv.weight[channel], bn.weight[channel], bn.bias[channel], nxt.weight[:, channel]]
+    return [p[index] for p, index in _coupled_entries(model, channel)]
 
 
 @pytest.mark.parametrize("make_optimizer", [
@@ -509,9 +511,7 @@ def test_spent_channels_become_exact_zeros_with_their_optimizer_state(
     before = copy.deepcopy(model)
     train(model, pruner, optimizer, steps=3)
     assert all(bool((t == 0).all()) for t in _coupled(model, 3))
-    conv, bn, nxt = model.features[0][0], model.features[0][1], model.features[1][0]
-    for p, index in ((conv.weight, 3), (bn.weight, 3), (bn.bias, 3),
-                     (nxt.weight, (slice(None), 3))):
+    for p, index in _coupled_entries(model, 3):
         moments = [v for v in optimizer.state[p].values() if v.shape == p.shape]
         assert moments and all(bool((v[index] == 0).all()) for v in moments)
     # the small channel and the healthy ones keep training

@@ -84,6 +84,7 @@ def pat_run(out: Path, rank: int, world: int, *, stop_after: Optional[int] = Non
     torch.manual_seed(0)
     model = NormFreeCNN()
     spend(model)
+    width = model.block[0].out_channels  # before any removal
     start_epoch, ckpt = 0, None
     if resume is not None:
         ckpt = torch.load(resume, weights_only=False)
@@ -118,7 +119,7 @@ def pat_run(out: Path, rank: int, world: int, *, stop_after: Optional[int] = Non
             pruner.channel_regularize(model)
             optimizer.step()
         with gathered_parameters(model):
-            if model.block[0].out_channels == NormFreeCNN().block[0].out_channels:
+            if model.block[0].out_channels == width:
                 spent_zero.append(bool((model.block[0].weight[SPENT_CHANNEL] == 0).all()))
         pruner.prune(model, epoch)
         if pruner.channel_pruner.reset_optimizer:

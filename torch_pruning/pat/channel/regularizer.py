@@ -307,9 +307,7 @@ class ChannelRegularizer:
             flags[g.number] = ((largest < SPENT) & (self._weights(g) > 0)).to(torch.float64)
         if not any(bool(f.any()) for f in flags.values()):
             return {}
-        if self._layout is None:
-            self._layout = _ScatterLayout(self.groups, self._by_param)
-        where = {key: c > 0 for key, c in self._layout.coefficients(flags).items()}
+        where = {key: c > 0 for key, c in self._coefficients(flags).items()}
         return {key: w for key, w in where.items() if bool(w.any())}
 
     def restart(self) -> None:

@@ -19,13 +19,12 @@ setting of the whole process, left to the user (docs/faq.md).
 
 from __future__ import annotations
 
-import weakref
 from typing import Dict, Optional, Tuple
 
 import torch
 from torch import nn
-from torch.optim.optimizer import register_optimizer_step_post_hook
 
+from ..core.masks import after_every_step
 from ..util.fsdp import local_part, local_tensor
 
 __all__ = ["SPENT", "SPENT_EVERY", "SpentZeroing"]
@@ -63,14 +62,7 @@ class SpentZeroing:
 
     def __init__(self) -> None:
         self.positions: Dict[_Param, torch.Tensor] = {}
-        ref = weakref.ref(self)
-
-        def _after_step(optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
-            zeroing = ref()
-            if zeroing is not None and zeroing.positions:
-                zeroing.apply(optimizer)
-
-        self._hook = register_optimizer_step_post_hook(_after_step)
+        self._hook = after_every_step(self, SpentZeroing.apply)
 
     def __del__(self) -> None:
         hook = getattr(self, "_hook", None)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import weakref
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -30,7 +30,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from ..util.fsdp import local_part, local_tensor
 
-__all__ = ["MaskSet", "strip_module_prefix"]
+__all__ = ["MaskSet", "after_every_step", "strip_module_prefix"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +47,32 @@ def strip_module_prefix(name: str) -> str:
     while name.startswith("module."):
         name = name[len("module."):]
     return name
+
+
+def after_every_step(owner: Any, call: Callable[[Any, torch.optim.Optimizer], None]) -> Any:
+    """Run ``call(owner, optimizer)`` after every ``torch.optim`` step of any optimizer, for as
+    long as ``owner`` lives: the global step post-hook holds only a weak reference to it.
+
+    Returns the hook's handle; the owner removes it in ``__del__``.
+
+    Example:
+        >>> class Counter:
+        ...     steps = 0
+        >>> counter = Counter()
+        >>> handle = after_every_step(counter, lambda c, opt: setattr(c, "steps", c.steps + 1))
+        >>> lin = nn.Linear(1, 1); opt = torch.optim.SGD(lin.parameters(), lr=0.1)
+        >>> lin(torch.ones(1, 1)).sum().backward(); opt.step(); handle.remove()
+        >>> counter.steps
+        1
+    """
+    ref = weakref.ref(owner)
+
+    def _after_step(optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
+        target = ref()
+        if target is not None:
+            call(target, optimizer)
+
+    return register_optimizer_step_post_hook(_after_step)
 
 
 class MaskSet:
@@ -68,14 +94,7 @@ class MaskSet:
         self.version = 0
         #: After :meth:`reindex`: for each re-shaped ``(module, name)``, the kept indices per dim.
         self.last_reindex: Dict[_Key, List[torch.Tensor]] = {}
-        ref = weakref.ref(self)
-
-        def _after_step(optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
-            masks = ref()
-            if masks is not None:
-                masks.apply()
-
-        self._hook = register_optimizer_step_post_hook(_after_step)
+        self._hook = after_every_step(self, lambda masks, optimizer: masks.apply())
 
     def __del__(self) -> None:
         hook = getattr(self, "_hook", None)
