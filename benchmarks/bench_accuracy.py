@@ -36,6 +36,13 @@ Each finished run is appended to ``--results`` (JSON lines) and skipped when the
 again with the same settings, so a sweep can be interrupted and resumed. Progress goes to the
 terminal (one line per epoch). The table (mean, min, max validation accuracy over seeds and the
 MACs reached) is printed and, with ``--write-docs``, written into the page between markers.
+
+Is a lead larger than the spread of seeds? ``--margins TAG`` prints ours (the ``pat`` runs of
+``TAG`` in ``--results``) minus every other method's runs there, paired by seed, with a 95%
+interval of the mean difference; ``--lever-table`` lists every setting of ours:
+
+    python benchmarks/bench_accuracy.py --data ../shared/data/cifar10_train_10k.npz \\
+        --results runs/accuracy.jsonl --margins default
 """
 
 from __future__ import annotations
@@ -481,6 +488,47 @@ def lever_table(rows: List[Dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
+def margins(rows: List[Dict[str, Any]], tag: str) -> str:
+    """Ours (the ``pat`` runs of ``tag``) against every other method's runs, paired by seed.
+
+    One line per model, epochs, budget and alternative (method and tag): ours minus the
+    alternative over the seeds both ran, mean and per-seed range, and a 95% interval of the mean
+    difference (Student's t, from two common seeds). The goal's lead is read on the best
+    alternative's line (listed first); the ``unpruned`` line gives the gap to the full network.
+    """
+    from scipy.stats import t as student
+
+    out = ["| model, epochs | budget | against (method, tag) | seeds | ours minus theirs: mean "
+           "(per seed, min to max) | 95% interval |", "|---|---|---|---|---|---|"]
+    ours = [r for r in rows if r["method"] == "pat" and r["tag"] == tag]
+    for arch, epochs, budget in sorted({(r["arch"], r["epochs"], r["budget"]) for r in ours},
+                                       key=lambda k: (k[0], k[1], -k[2])):
+        mine = {r["seed"]: r["acc"] for r in ours
+                if (r["arch"], r["epochs"], r["budget"]) == (arch, epochs, budget)}
+        others: Dict[Tuple[str, str], Dict[int, float]] = {}
+        for r in rows:
+            if (r["arch"] == arch and r["epochs"] == epochs and not r["method"].startswith("pat")
+                    and (r["budget"] == budget or r["method"] == "unpruned")):
+                others.setdefault((r["method"], r["tag"]), {})[r["seed"]] = r["acc"]
+        lines = []
+        for (method, other_tag), theirs in others.items():
+            diffs = [mine[s] - theirs[s] for s in sorted(mine.keys() & theirs.keys())]
+            if not diffs:
+                continue
+            mean = statistics.mean(diffs)
+            interval = "-"
+            if len(diffs) > 1:
+                half = student.ppf(0.975, len(diffs) - 1) * statistics.stdev(diffs) / math.sqrt(
+                    len(diffs))
+                interval = f"{mean - half:+.2f} to {mean + half:+.2f}"
+            lines.append((method == "unpruned", mean,
+                          f"| {arch}, {epochs} | {budget}x | {method}, {other_tag} | {len(diffs)} "
+                          f"| {mean:+.2f} ({min(diffs):+.2f} to {max(diffs):+.2f}) "
+                          f"| {interval} |"))
+        out += [line for *_, line in sorted(lines, key=lambda x: x[:2])]
+    return "\n".join(out)
+
+
 def write_docs(page: Path, text: str, command: str) -> None:
     block = (f"{DOC_BEGIN}\nMeasured with `{command}` (validation accuracy on the 2,000 held-out "
              f"images, %).\n\n{text}\n{DOC_END}")
@@ -516,6 +564,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                              "kd.teacher \"trained\" loads them")
     parser.add_argument("--lever-table", action="store_true",
                         help="print the table of every --tag's pat runs in --results and exit")
+    parser.add_argument("--margins", metavar="TAG", default=None,
+                        help="print ours (the pat runs of TAG in --results) minus every other "
+                             "method, paired by seed, with a 95%% interval, and exit")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("torch_pruning").setLevel(logging.WARNING)
@@ -523,6 +574,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     rows = load_results(args.results)
     if args.lever_table:
         print(lever_table(rows))
+        return 0
+    if args.margins is not None:
+        print(margins(rows, args.margins))
         return 0
     data = None
     todo = [(a, m, b, s) for s in args.seeds for a in args.archs

@@ -1,5 +1,6 @@
-"""benchmarks/run_all.py rewrites docs/benchmarks.md without losing the sections it does not
-measure (the summary kept by hand, the decoder and accuracy sections other scripts write)."""
+"""What the benchmark scripts report: benchmarks/run_all.py rewrites docs/benchmarks.md without
+losing the sections it does not measure (the summary kept by hand, the decoder and accuracy
+sections other scripts write); bench_accuracy.py's margins pair runs by seed."""
 
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _run_all():
-    spec = importlib.util.spec_from_file_location("run_all", ROOT / "benchmarks" / "run_all.py")
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -26,7 +27,7 @@ def _headings(text: str) -> list:
 
 def test_a_full_rerun_keeps_every_section_it_does_not_measure(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    run_all = _run_all()
+    run_all = _script("run_all")
     page = tmp_path / "benchmarks.md"
     shutil.copy(ROOT / "docs" / "benchmarks.md", page)
     before = page.read_text()
@@ -47,3 +48,46 @@ def test_a_full_rerun_keeps_every_section_it_does_not_measure(
         assert before[start:end if end > 0 else None] in after, kept
     assert run_all.KEPT.search(before).group(0) in after
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def _row(method: str, seed: int, acc: float, tag: str = "default", budget: float = 0.1,
+         arch: str = "vgg", epochs: int = 30) -> dict:
+    return dict(arch=arch, method=method, budget=1.0 if method == "unpruned" else budget,
+                seed=seed, epochs=epochs, tag=tag, acc=acc, macs=budget)
+
+
+def _margin_lines(text: str) -> list:
+    return [[c.strip() for c in line.strip("|").split("|")] for line in text.splitlines()[2:]]
+
+
+def test_margins_pair_ours_with_each_alternative_by_seed() -> None:
+    bench = _script("bench_accuracy")
+    rows = [_row("pat", 0, 70.0), _row("pat", 1, 68.0), _row("pat", 2, 69.0),
+            # the thin net has one seed ours lacks and lacks one of ours: only 0 and 1 pair
+            _row("thin", 0, 67.0), _row("thin", 1, 66.0), _row("thin", 3, 99.0),
+            _row("oneshot", 0, 60.0), _row("oneshot", 1, 61.0), _row("oneshot", 2, 62.0),
+            _row("unpruned", 0, 75.0),
+            # not alternatives: another setting of ours, another model, other epochs
+            _row("pat", 0, 10.0, tag="lever"), _row("thin", 2, 10.0, arch="resnet"),
+            _row("thin", 2, 10.0, epochs=60)]
+    lines = _margin_lines(bench.margins(rows, "default"))
+    assert [line[2] for line in lines] == ["thin, default", "oneshot, default",
+                                           "unpruned, default"]
+    thin, oneshot, unpruned = lines
+    assert thin[:2] == ["vgg, 30", "0.1x"]
+    assert thin[3:5] == ["2", "+2.50 (+2.00 to +3.00)"]
+    low, high = (float(v) for v in thin[5].split(" to "))
+    assert low < 2.5 < high
+    assert oneshot[3:5] == ["3", "+8.00 (+7.00 to +10.00)"]
+    # the full network is listed last although ours trails it, and one seed gives no interval
+    assert unpruned[3:] == ["1", "-5.00 (-5.00 to -5.00)", "-"]
+
+
+def test_margins_cover_each_budget_of_the_tag_and_nothing_else() -> None:
+    bench = _script("bench_accuracy")
+    rows = [_row("pat", 0, 70.0, budget=0.25), _row("sparse", 0, 69.0, budget=0.25),
+            _row("pat", 0, 60.0, budget=0.1), _row("sparse", 0, 58.0, budget=0.1)]
+    lines = _margin_lines(bench.margins(rows, "default"))
+    assert [(line[1], line[4]) for line in lines] == [("0.25x", "+1.00 (+1.00 to +1.00)"),
+                                                      ("0.1x", "+2.00 (+2.00 to +2.00)")]
+    assert _margin_lines(bench.margins(rows, "other")) == []
