@@ -493,7 +493,7 @@ def margins(rows: List[Dict[str, Any]], tag: str) -> str:
 
     One line per model, epochs, budget and alternative (method and tag): ours minus the
     alternative over the seeds both ran, mean and per-seed range, and a 95% interval of the mean
-    difference (Student's t, from two common seeds). The goal's lead is read on the best
+    difference (Student's t; two common seeds at least). The goal's lead is read on the best
     alternative's line (listed first); the ``unpruned`` line gives the gap to the full network.
     """
     from scipy.stats import t as student
