@@ -62,12 +62,7 @@ class SpentZeroing:
 
     def __init__(self) -> None:
         self.positions: Dict[_Param, torch.Tensor] = {}
-        self._hook = after_every_step(self, SpentZeroing.apply)
-
-    def __del__(self) -> None:
-        hook = getattr(self, "_hook", None)
-        if hook is not None:
-            hook.remove()
+        after_every_step(self, SpentZeroing.apply)
 
     def set(self, positions: Dict[_Param, torch.Tensor]) -> None:
         """Zero these positions (bool, broadcastable to each parameter) from the next step on."""

@@ -51,9 +51,10 @@ def strip_module_prefix(name: str) -> str:
 
 def after_every_step(owner: Any, call: Callable[[Any, torch.optim.Optimizer], None]) -> Any:
     """Run ``call(owner, optimizer)`` after every ``torch.optim`` step of any optimizer, for as
-    long as ``owner`` lives: the global step post-hook holds only a weak reference to it.
+    long as ``owner`` lives: the global step post-hook holds only a weak reference to it and is
+    removed when ``owner`` is collected.
 
-    Returns the hook's handle; the owner removes it in ``__del__``.
+    Returns the hook's handle (to stop earlier).
 
     Example:
         >>> class Counter:
@@ -72,7 +73,9 @@ def after_every_step(owner: Any, call: Callable[[Any, torch.optim.Optimizer], No
         if target is not None:
             call(target, optimizer)
 
-    return register_optimizer_step_post_hook(_after_step)
+    handle = register_optimizer_step_post_hook(_after_step)
+    weakref.finalize(owner, handle.remove)
+    return handle
 
 
 class MaskSet:
@@ -94,12 +97,7 @@ class MaskSet:
         self.version = 0
         #: After :meth:`reindex`: for each re-shaped ``(module, name)``, the kept indices per dim.
         self.last_reindex: Dict[_Key, List[torch.Tensor]] = {}
-        self._hook = after_every_step(self, lambda masks, optimizer: masks.apply())
-
-    def __del__(self) -> None:
-        hook = getattr(self, "_hook", None)
-        if hook is not None:
-            hook.remove()
+        after_every_step(self, lambda masks, optimizer: masks.apply())
 
     # ------------------------------------------------------------------ queries
     def __len__(self) -> int:
