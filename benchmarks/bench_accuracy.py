@@ -346,13 +346,12 @@ def run_method(method: str, arch: str, budget: float, seed: int, epochs: int,
     if method in ("thin", "thin_kd"):
         model = build(arch, thin_scale(arch, budget))
         run = Run(model, data, epochs, seed)
-        loss_fn = None
-        if method == "thin_kd":
-            kd = distillation(None, override, arch, seed, epochs, teachers, trained=True)
+        kd = (distillation(None, override, arch, seed, epochs, teachers, trained=True)
+              if method == "thin_kd" else None)
 
-            def loss_fn(x: torch.Tensor, out_: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
-                return kd(loss, out_, x)
-        run.train(loss_fn=loss_fn, label=label)
+        def distilled(x: torch.Tensor, out_: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
+            return kd(loss, out_, x)
+        run.train(loss_fn=distilled if kd is not None else None, label=label)
         return {"acc": run.accuracy(), "macs": macs_of(run.model) / base}
     model = build(arch)
     run = Run(model, data, epochs, seed)
