@@ -10,6 +10,8 @@ training images in ``shared/data/cifar10_train_10k.npz`` and is scored on the ot
   then the rest of the schedule as fine-tuning.
 * ``sparse``: upstream ``GroupNormPruner`` sparse training (``regularize()`` every step) for
   the first half, pruned at mid-training (group L2), then fine-tuning.
+  For both, ``--override '{"rewind": true}'`` restarts the one-cycle at the pruning, as ours
+  does with ``lr_restart`` (and ``upstream_reg`` sets the sparse training's ``reg``).
 * ``thin``: a thinner network (every width scaled) trained from scratch.
 * ``pat``: our five-line loop with ``tp.pat.recommend_config(model, inputs, budget, epochs)``
   (``--override`` JSON changes it for studying levers: ``recipe`` updates ``RECIPE``, ``pat``
@@ -381,6 +383,8 @@ def run_method(method: str, arch: str, budget: float, seed: int, epochs: int,
             if epoch == mid - 1:
                 upstream_prune(run.model, importance, budget, base)
                 run.optimizer = run.make_optimizer()
+                if override.get("rewind"):  # the same restart ours gets with lr_restart
+                    run.rewind(override.get("restart_peak", 1.0))
                 state["sparse"] = False
 
         run.train(after_backward=after_backward, epoch_end=epoch_end, label=label)
