@@ -20,6 +20,11 @@ training images in ``shared/data/cifar10_train_10k.npz`` and is scored on the ot
   and restarts the one-cycle at the removal, ``restart_peak`` scales the restarted cycle's
   peak learning rate; ``cycles: 2`` ends a first one-cycle at the removal and starts a second
   over the rest).
+* Staged pruning, for every pruning method: ``--override '{"stages": [[0.5, 9]], "rewind":
+  true}'`` first prunes to 0.5 of the MACs at the end of epoch 9 (ours masks over that epoch
+  and the one before, then removes; one-shot and sparse training prune at once), restarts the
+  one-cycle there (with ``rewind`` or ``lr_restart``), then prunes to the budget at the usual
+  time. Ours starts a fresh ``Pruning`` on the reduced model for each stage.
 * ``pat_kd``: the same plus opt-in distillation from the dense model (``tp.pat.Distillation``):
   by default the teacher is a snapshot taken when masking starts; with ``--override '{"kd":
   {"teacher": "trained"}}'`` it is the unpruned network of the same seed trained to the end by
@@ -370,16 +375,29 @@ def run_method(method: str, arch: str, budget: float, seed: int, epochs: int,
             reg = None
         else:
             importance = tp.importance.GroupMagnitudeImportance(p=2)
-            reg = tp.pruner.GroupNormPruner(model, torch.randn(1, 3, 32, 32), importance,
-                                            reg=override.get("upstream_reg", 1e-4),
-                                            ignored_layers=[model.head[-1]])
-        state = {"sparse": reg is not None}
+
+            def sparse_trainer() -> Any:  # built again on the reduced model after a stage
+                return tp.pruner.GroupNormPruner(run.model, torch.randn(1, 3, 32, 32),
+                                                 importance,
+                                                 reg=override.get("upstream_reg", 1e-4),
+                                                 ignored_layers=[run.model.head[-1]])
+            reg = sparse_trainer()
+        state = {"sparse": reg is not None, "reg": reg}
 
         def after_backward() -> None:
             if state["sparse"]:
-                reg.regularize(run.model)
+                state["reg"].regularize(run.model)
+
+        stages = {int(at): float(level) for level, at in override.get("stages", [])}
 
         def epoch_end(epoch: int) -> None:
+            if epoch in stages:  # an intermediate pruning, then on as after the last one
+                upstream_prune(run.model, importance, stages[epoch], base)
+                run.optimizer = run.make_optimizer()
+                if state["sparse"]:
+                    state["reg"] = sparse_trainer()
+                if override.get("rewind"):
+                    run.rewind(override.get("restart_peak", 1.0))
             if epoch == mid - 1:
                 upstream_prune(run.model, importance, budget, base)
                 run.optimizer = run.make_optimizer()
@@ -399,9 +417,32 @@ def run_method(method: str, arch: str, budget: float, seed: int, epochs: int,
     _merge(cfg, override.get("pat", {}))
     if override.get("cycles") == 2:  # a first one-cycle that ends at the removal, then rewind
         run.cycle_end = (cfg["channel_sparsity_args"]["end_epoch"] + 1) * run.steps_per_epoch
+    stages = [dict(copy.deepcopy(cfg), level=float(level), at=int(at))
+              for level, at in override.get("stages", [])]
+    for stage in stages:  # intermediate removals: mask over ``at - 1`` and ``at``
+        ch = stage["channel_sparsity_args"]
+        ch.update(mac_target=stage["level"], start_epoch=stage["at"] - 1, end_epoch=stage["at"])
     with tempfile.TemporaryDirectory() as out:
-        (Path(out) / "pruning_config.json").write_text(json.dumps(cfg))
-        pruner = tp.Pruning(model, out, example_inputs=example, log=None)
+        def start(stage_cfg: Dict[str, Any], name: str) -> Any:
+            folder = Path(out) / name
+            folder.mkdir()
+            (folder / "pruning_config.json").write_text(json.dumps(
+                {k: v for k, v in stage_cfg.items() if k not in ("level", "at")}))
+            return tp.Pruning(run.model, str(folder), example_inputs=example, log=None)
+
+        reached_so_far = [1.0]  # the MACs (fraction of the original) the model has now
+        staged = [0]  # intermediate stages finished
+
+        def next_pruner() -> Any:
+            if stages:
+                stage = stages.pop(0)
+                stage["channel_sparsity_args"]["mac_target"] = stage["level"] / reached_so_far[0]
+                return start(stage, f"stage{stage['at']}")
+            final = copy.deepcopy(cfg)
+            final["channel_sparsity_args"]["mac_target"] = budget / reached_so_far[0]
+            return start(final, "final")
+
+        pruner = next_pruner()
         kd = (distillation(pruner, override, arch, seed, epochs, teachers)
               if method == "pat_kd" else None)
 
@@ -410,6 +451,7 @@ def run_method(method: str, arch: str, budget: float, seed: int, epochs: int,
             return kd(loss, out_, x, run.model) if kd is not None else loss
 
         def epoch_end(epoch: int) -> None:
+            nonlocal pruner
             pruner.prune(run.model, epoch)
             if pruner.channel_pruner.reset_optimizer:
                 if override.get("carry"):
@@ -420,6 +462,10 @@ def run_method(method: str, arch: str, budget: float, seed: int, epochs: int,
                         or override.get("cycles") == 2):
                     run.rewind(override.get("restart_peak", 1.0))
                 pruner.channel_pruner.reset_optimizer = False
+                if staged[0] < len(override.get("stages", [])):  # on to the next stage
+                    staged[0] += 1
+                    reached_so_far[0] = macs_of(run.model) / base
+                    pruner = next_pruner()
 
         run.train(loss_fn=loss_fn, after_backward=lambda: pruner.channel_regularize(run.model),
                   epoch_end=epoch_end, label=label)
