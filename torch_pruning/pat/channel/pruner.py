@@ -41,7 +41,6 @@ from ..core.hf import sync_hf_config
 from ..core.latency import LatencyCost, load_or_measure
 from ..core.macs import MacCounter
 from ..core.masks import MaskSet
-from ..core.schedule import ChannelSchedule
 from ..util.fsdp import gathered_parameters, is_sharded, unshard_model
 from ..util.log import UserLog, emit, human_count
 from ..util.model import unwrap_model
@@ -50,6 +49,7 @@ from .grouping import log_groups, select_groups
 from .importance import make_importance
 from .progress import ProgressWatch, finished_config_mismatch, stored_macs
 from .ranking import SelectionRules, fill_to_target, select_units, with_dead_units
+from .stages import apply_floors, is_intermediate, levels, original_widths, stage_schedule
 from .regularizer import ChannelRegularizer
 from .subnormal import SPENT_EVERY, SpentZeroing
 from .tracing import build_graph
@@ -123,7 +123,9 @@ class ChannelPruner:
         self.log = log
         self.example_inputs = example_inputs
         self.forward_fn = forward_fn
-        self.schedule = ChannelSchedule.from_config(cfg)
+        self._stage = 0  # intermediate removals done (``stages``)
+        self.schedule = stage_schedule(cfg, 0)
+        self._widths: Dict[str, int] = {}  # units per group before any removal
         self.rules = SelectionRules(cfg.block_size, cfg.max_pruning_rate, cfg.global_pruning,
                                     cfg.isomorphic)
         self.reset_optimizer = False
@@ -193,6 +195,9 @@ class ChannelPruner:
         self.groups = [g for g in groups if g.source not in unranked]
         for number, g in enumerate(self.groups, 1):
             g.number = number
+        if not self._widths:
+            self._widths = original_widths(self.groups)
+        apply_floors(self.groups, self._widths, cfg.max_pruning_rate)
         if announce:
             log_groups(self.groups, self.log)
         if not self.groups:
@@ -281,6 +286,8 @@ class ChannelPruner:
         self._commit(plan, ratio, epoch, log)
         if reached:
             self._finish(model, epoch, log, physical=self.cfg.prune_at_target)
+        elif is_intermediate(self.cfg, self._stage) and self.schedule.is_last_step(epoch):
+            self._end_stage(model, epoch, log)
         elif self.schedule.is_last_step(epoch):
             emit(f"Channel pruning schedule ended at epoch {epoch} with MACs at "
                  f"{self._cost(self._pruned) / self.base_cost:.2%} of the original, above "
@@ -367,7 +374,8 @@ class ChannelPruner:
         if self.cfg.schedule == "ratio":
             return self._select(self.schedule.ratio(epoch))
         fraction = self.schedule.fraction(epoch)
-        level = self.base_cost * (1 - (1 - self.cfg.mac_target) * fraction)
+        start, end = levels(self.cfg, self._stage)
+        level = self.base_cost * (start - (start - end) * fraction)
         return self._select(self.schedule.final_ratio, level=level)
 
     def _final_plan(self) -> _Plan:
@@ -484,6 +492,18 @@ class ChannelPruner:
         if physical:
             self.remove_masked_channels(model, log=log)
 
+    def _end_stage(self, model: nn.Module, epoch: int, log: Optional[UserLog]) -> None:
+        """An intermediate removal: remove what is masked, then mask on toward the next level
+        (``reset_optimizer`` is set as at the final removal)."""
+        _, level = levels(self.cfg, self._stage)
+        emit(f"Stage {self._stage + 1} of {len(self.cfg.stages) + 1} ends (epoch {epoch}, level "
+             f"{level:.2%}): removing its masked channels.", log, logger=logger)
+        self.remove_masked_channels(model, log=log)
+        self._removed = False  # more to mask: only the final removal finishes
+        self._stage += 1
+        self._ratio, self._focus_epoch = 0.0, None
+        self.schedule = stage_schedule(self.cfg, self._stage)
+
     def _make_summary(self, epoch: int) -> str:
         macs, params = self._count(self._pruned)
         base_macs, base_params = self.base_macs, self._base[1]
@@ -505,7 +525,8 @@ class ChannelPruner:
                             f"({ms / self.base_cost:.2%} of original; {target}, cost "
                             "\"latency\": mac_target measures latency)")
         channels = self._channels(self._pruned)
-        lines += [f"{g.source}: {g.channels - int(channels[g.number].sum())}/{g.channels}"
+        lines += [f"{g.source}: {g.channels - int(channels[g.number].sum())}/"
+                  f"{self._widths.get(g.source, g.units) * (g.channels // g.units)}"
                   + (f" ({g.units - int(self._pruned[g.number].sum())}/{g.units} heads of "
                      f"{g.heads.name})" if g.heads else "")
                   for g in self.groups]
@@ -570,7 +591,8 @@ class ChannelPruner:
         """Pruned channels per group, schedule progress and the reached flag."""
         return {"version": 1, "reached": self.reached_target, "removed": self._removed,
                 "summary": self._summary, "ratio": self._ratio, "last_epoch": self._last_epoch,
-                "next_epoch": self._next_epoch, "base": self._base,
+                "next_epoch": self._next_epoch, "base": self._base, "stage": self._stage,
+                "widths": dict(self._widths),
                 "pruned_units": {g.source: self._pruned[g.number].nonzero().flatten().clone()
                                  for g in self.groups}}
 
@@ -598,6 +620,10 @@ class ChannelPruner:
         self._ratio, self._last_epoch = state.get("ratio", 0.0), state.get("last_epoch")
         self._next_epoch, self._focus_epoch = state.get("next_epoch", 0), None
         self.reached_target, self._removed = reached, removed
+        self._stage = int(state.get("stage", 0))
+        self.schedule = stage_schedule(self.cfg, self._stage)
+        self._widths = dict(state.get("widths") or self._widths)
+        apply_floors(self.groups, self._widths, self.cfg.max_pruning_rate)
         self._spent.clear()
         self._steps_in_epoch = 0
         if removed:  # the model is loaded in its final shapes: nothing left to mask

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import enum
 import json
+import re
 from typing import Any, List, Type
 
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
 from .models import (DEPRECATED_KEYS, REQUIRED_WHEN_ENABLED, ChannelSparsityArgs, MACParams,
-                     RegularizeArgs, SliceSparsityArgs)
+                     RegularizeArgs, SliceSparsityArgs, StageArgs)
 
 __all__ = ["config_reference_markdown"]
 
@@ -53,6 +54,7 @@ def _type_name(field: Any) -> str:
     for old, new in (("typing.", ""), ("NoneType", "null"), ("Optional[", "null or ["),
                      ("Union[", "one of ["), ("List[", "list["), ("Literal[", "literal[")):
         text = text.replace(old, new)
+    text = re.sub(r"[\w.]+\.\w+Args\b", "object", text)  # a list of nested sections
     return text.replace("|", "or")
 
 
@@ -75,7 +77,8 @@ def config_reference_markdown() -> str:
     out = [_INTRO]
     for section, model, nested in (
             ("channel_sparsity_args", ChannelSparsityArgs,
-             [("regularize", RegularizeArgs), ("MAC_params", MACParams)]),
+             [("regularize", RegularizeArgs), ("MAC_params", MACParams),
+              ("stages[]", StageArgs)]),
             ("slice_sparsity_args", SliceSparsityArgs, [])):
         out.append(f"## `{section}`\n\n{model.__doc__.strip()}\n")
         out.extend(_table(model, "", REQUIRED_WHEN_ENABLED[section]))

@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Literal, Optional, Union
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 __all__ = [
-    "PruningMethod", "SliceMethod", "SliceMode", "RegularizeArgs", "MACParams",
+    "PruningMethod", "SliceMethod", "SliceMode", "RegularizeArgs", "MACParams", "StageArgs",
     "ChannelSparsityArgs", "SliceSparsityArgs", "PruningConfig", "DEPRECATED_KEYS",
     "REQUIRED_WHEN_ENABLED", "config_json_schema",
 ]
@@ -90,6 +90,17 @@ class MACParams(_Section):
                         description="Cost exponent 1/beta in the Mul rule (number > 0).")
 
 
+class StageArgs(_Section):
+    """One item of ``channel_sparsity_args.stages``: an intermediate removal."""
+
+    mac_target: float = Field(..., gt=0.0, lt=1.0, allow_inf_nan=False,
+                              description="MACs level (fraction of the original) this stage "
+                                          "masks down to, above the section's mac_target.")
+    start_epoch: int = Field(..., ge=0, description="First masking epoch of the stage.")
+    end_epoch: int = Field(..., ge=0, description="Last masking epoch of the stage; at its end "
+                                                  "the masked channels are removed physically.")
+
+
 Shape = List[int]
 
 
@@ -145,6 +156,15 @@ class ChannelSparsityArgs(_Section):
     infer: bool = Field(False, description="Inference use: no regularization, physical pruning "
                                            "at the first call.")
     isomorphic: bool = Field(False, description="Use upstream's isomorphic pruning.")
+    stages: List[StageArgs] = Field(
+        default_factory=list,
+        description="Intermediate removals before the final one (schedule \"macs\"): each "
+                    "stage masks from the previous level down to its own mac_target over its "
+                    "start_epoch..end_epoch, then removes the masked channels physically and "
+                    "sets reset_optimizer, like the final removal; the section's start_epoch.."
+                    "end_epoch then masks on to mac_target. Stages come in order, before "
+                    "start_epoch, with falling mac_target. max_pruning_rate still counts "
+                    "against each layer's original channels.")
     regularize: RegularizeArgs = Field(default_factory=RegularizeArgs,
                                        description="Regularization strengths.")
     MAC_params: MACParams = Field(default_factory=MACParams,
@@ -180,6 +200,31 @@ class ChannelSparsityArgs(_Section):
         if self.is_prune and self.schedule == "macs" and self.mac_target <= 0:
             raise ValueError('schedule "macs" steps the MACs down to mac_target: set '
                              'mac_target in (0, 1], or use schedule "ratio"')
+        return self
+
+    @model_validator(mode="after")
+    def _stages_in_order(self) -> "ChannelSparsityArgs":
+        if not self.is_prune or not self.stages:
+            return self
+        if self.schedule != "macs" or not self.prune_at_target or self.infer \
+                or self.prune_channels_at_init or self.cost != "macs":
+            raise ValueError('stages need schedule "macs", prune_at_target true, cost "macs" '
+                             'and neither infer nor prune_channels_at_init')
+        level, after = 1.0, -1
+        for i, stage in enumerate(self.stages):
+            where = f"stages[{i}]"
+            if not self.mac_target < stage.mac_target < level:
+                raise ValueError(f"{where}.mac_target {stage.mac_target} must be below the "
+                                 f"level before it ({level}) and above mac_target "
+                                 f"{self.mac_target}")
+            if not after < stage.start_epoch <= stage.end_epoch:
+                raise ValueError(f"{where} runs epochs {stage.start_epoch}..{stage.end_epoch}: "
+                                 f"it must start after epoch {after} (the stage before it) "
+                                 "and end no earlier than it starts")
+            level, after = stage.mac_target, stage.end_epoch
+        if self.start_epoch <= after:
+            raise ValueError(f"start_epoch {self.start_epoch} must come after the last stage's "
+                             f"end_epoch {after}")
         return self
 
     @field_validator("input_shape")
