@@ -182,8 +182,8 @@ def test_the_five_line_loop_with_stages_removes_twice_and_its_checkpoint_loads(t
     assert macs_of(model) <= 0.3 * base
     assert (tmp_path / "pruning_report.txt").exists()  # written once, when the target is met
     report = (tmp_path / "pruning_report.txt").read_text()
+    assert "stem.0      Conv2d         3 -> 3       16 -> " in report  # against the original
     fresh = ResidualCNN()
     tp.load_state_dict_pruned(fresh, model.state_dict())
     model.eval(), fresh.eval()
     assert torch.allclose(fresh(X), model(X), atol=1e-6)
-    assert "stem.0      Conv2d         3 -> 3       16 -> " in report  # against the original

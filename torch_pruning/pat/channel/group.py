@@ -75,9 +75,9 @@ class ChannelGroup:
     heads: Optional[AttentionHeads] = None
     #: Makes upstream's group with every channel, when ``members`` is a probe (see below).
     full_group: Optional[Callable[[], Group]] = field(default=None, repr=False)
-    #: Units kept at least, set after an intermediate removal (``stages``) so that
-    #: ``max_pruning_rate`` keeps counting against the layer's original width.
-    floor_units: int = 0
+    #: Units before any removal (set by the channel pruner; ``stages`` removes some before the
+    #: end): ``max_pruning_rate`` counts against them. ``None``: ``units``.
+    original_units: Optional[int] = None
 
     @property
     def group(self) -> Group:
@@ -105,9 +105,8 @@ class ChannelGroup:
 
     @property
     def min_units(self) -> int:
-        """Units a group always keeps: two per channel group in grouped groups, else one (or
-        ``floor_units``, if more)."""
-        return max(2 if self.ch_groups > 1 and not self.heads else 1, self.floor_units)
+        """Units a group always keeps: two per channel group in grouped groups, else one."""
+        return 2 if self.ch_groups > 1 and not self.heads else 1
 
     def unit_of_channel(self) -> torch.Tensor:
         """The unit of every root channel."""

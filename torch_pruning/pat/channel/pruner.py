@@ -49,7 +49,7 @@ from .grouping import log_groups, select_groups
 from .importance import make_importance
 from .progress import ProgressWatch, finished_config_mismatch, stored_macs
 from .ranking import SelectionRules, fill_to_target, select_units, with_dead_units
-from .stages import apply_floors, is_intermediate, levels, original_widths, stage_schedule
+from .stages import is_intermediate, levels, mark_original_units, original_widths, stage_schedule
 from .regularizer import ChannelRegularizer
 from .subnormal import SPENT_EVERY, SpentZeroing
 from .tracing import build_graph
@@ -197,7 +197,7 @@ class ChannelPruner:
             g.number = number
         if not self._widths:
             self._widths = original_widths(self.groups)
-        apply_floors(self.groups, self._widths, cfg.max_pruning_rate)
+        mark_original_units(self.groups, self._widths)
         if announce:
             log_groups(self.groups, self.log)
         if not self.groups:
@@ -526,7 +526,7 @@ class ChannelPruner:
                             "\"latency\": mac_target measures latency)")
         channels = self._channels(self._pruned)
         lines += [f"{g.source}: {g.channels - int(channels[g.number].sum())}/"
-                  f"{self._widths.get(g.source, g.units) * (g.channels // g.units)}"
+                  f"{(g.original_units or g.units) * (g.channels // g.units)}"
                   + (f" ({g.units - int(self._pruned[g.number].sum())}/{g.units} heads of "
                      f"{g.heads.name})" if g.heads else "")
                   for g in self.groups]
@@ -623,7 +623,7 @@ class ChannelPruner:
         self._stage = int(state.get("stage", 0))
         self.schedule = stage_schedule(self.cfg, self._stage)
         self._widths = dict(state.get("widths") or self._widths)
-        apply_floors(self.groups, self._widths, self.cfg.max_pruning_rate)
+        mark_original_units(self.groups, self._widths)
         self._spent.clear()
         self._steps_in_epoch = 0
         if removed:  # the model is loaded in its final shapes: nothing left to mask

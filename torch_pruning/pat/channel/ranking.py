@@ -49,19 +49,22 @@ class SelectionRules:
 
 
 def kept_units(units: int, width: int, n_prune: int, rules: SelectionRules,
-               current_kept: int, min_units: int = 1) -> int:
+               current_kept: int, min_units: int = 1,
+               original_units: Optional[int] = None) -> int:
     """How many units a group keeps when its ranking asks to prune ``n_prune`` of ``units``.
 
     ``width`` is the channels one unit spans in each layer; ``min_units`` the fewest kept (two
     in grouped groups: upstream takes a conv with one output channel per group for a depthwise
-    conv and prunes it wrongly).
+    conv and prunes it wrongly); ``original_units`` the group's units before any removal
+    (``stages``), which ``max_pruning_rate`` counts against (default ``units``).
 
     Example:
         >>> kept_units(64, 1, 60, SelectionRules(max_pruning_rate=0.5), current_kept=64)
         32
     """
     step = math.lcm(rules.block_size, width) // width
-    least = max(min_units, math.ceil(units * (1.0 - rules.max_pruning_rate) - _EPS))
+    base = units if original_units is None else original_units
+    least = max(min_units, math.ceil(base * (1.0 - rules.max_pruning_rate) - _EPS))
     least = -(-least // step) * step  # integer ceil: block_size may be any int
     wanted = units - max(0, n_prune)
     if wanted < units:
@@ -132,7 +135,8 @@ def select_units(groups: Sequence[ChannelGroup], scores: Dict[int, torch.Tensor]
         for g in scope:
             done = pruned[g.number]
             keep = kept_units(g.units, g.unit_width, wanted[g.number], rules,
-                              current_kept=g.units - int(done.sum()), min_units=g.min_units)
+                              current_kept=g.units - int(done.sum()), min_units=g.min_units,
+                              original_units=g.original_units)
             mask = torch.zeros(g.units, dtype=torch.bool)
             mask[_order(scores[g.number].cpu(), done)[:g.units - keep]] = True
             result[g.number] = mask | done

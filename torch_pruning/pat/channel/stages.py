@@ -17,14 +17,15 @@ Example:
 
 from __future__ import annotations
 
-import math
 from typing import Dict, Sequence, Tuple
 
 from ..config.models import ChannelSparsityArgs
 from ..core.schedule import ChannelSchedule
 from .group import ChannelGroup
 
-__all__ = ["stage_schedule", "levels", "is_intermediate", "original_widths", "apply_floors"]
+__all__ = [
+    "stage_schedule", "levels", "is_intermediate", "original_widths", "mark_original_units",
+]
 
 
 def is_intermediate(cfg: ChannelSparsityArgs, stage: int) -> bool:
@@ -52,16 +53,13 @@ def original_widths(groups: Sequence[ChannelGroup]) -> Dict[str, int]:
     return {g.source: g.units for g in groups}
 
 
-def apply_floors(groups: Sequence[ChannelGroup], widths: Dict[str, int],
-                 max_pruning_rate: float) -> None:
-    """Make ``max_pruning_rate`` count against the original widths after a removal.
+def mark_original_units(groups: Sequence[ChannelGroup], widths: Dict[str, int]) -> None:
+    """Give each group its units before any removal, which ``max_pruning_rate`` counts against.
 
     Example:
-        >>> g = type("G", (), {"source": "conv1", "units": 20, "floor_units": 0})()
-        >>> apply_floors([g], {"conv1": 64}, 0.9); g.floor_units
-        7
+        >>> g = type("G", (), {"source": "conv1", "units": 20, "original_units": None})()
+        >>> mark_original_units([g], {"conv1": 64}); g.original_units
+        64
     """
     for g in groups:
-        width = widths.get(g.source)
-        if width is not None and max_pruning_rate < 1.0:
-            g.floor_units = min(g.units, math.ceil(width * (1.0 - max_pruning_rate) - 1e-9))
+        g.original_units = widths.get(g.source)
