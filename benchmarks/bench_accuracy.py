@@ -77,7 +77,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 import torch_pruning as tp  # noqa: E402
 
 logger = logging.getLogger("bench_accuracy")
-METHODS = ("unpruned", "oneshot", "sparse", "thin", "pat", "pat_kd", "thin_kd")
+METHODS = ("unpruned", "oneshot", "sparse", "thin", "pat", "pat_kd", "thin_kd", "feedback")
 MEAN = torch.tensor([0.4914, 0.4822, 0.4465]).view(1, 3, 1, 1)
 STD = torch.tensor([0.2470, 0.2435, 0.2616]).view(1, 3, 1, 1)
 DOC_BEGIN, DOC_END = "<!-- bench_accuracy begin -->", "<!-- bench_accuracy end -->"
@@ -285,26 +285,149 @@ class Run:
 
 
 # ---------------------------------------------------------------------------- methods
-def upstream_prune(model: nn.Module, importance: Any, budget: float, base: float) -> None:
-    """Prune ``model`` in place with upstream's MetaPruner to ``budget`` x ``base`` MACs,
-    the same ratio in every layer, found by bisection on copies."""
-    example = torch.randn(1, 3, 32, 32)
+def _meta_pruner(model: nn.Module, importance: Any, ratio: float) -> Any:
+    ignored = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    return tp.pruner.MetaPruner(model, torch.randn(1, 3, 32, 32), importance=importance,
+                                pruning_ratio=ratio, ignored_layers=ignored)
 
-    def pruned(ratio: float, target: nn.Module) -> nn.Module:
-        ignored = [m for m in target.modules() if isinstance(m, nn.Linear)]
-        pruner = tp.pruner.MetaPruner(target, example, importance=importance,
-                                      pruning_ratio=ratio, ignored_layers=ignored)
-        pruner.step()
-        return target
 
+def upstream_ratio(model: nn.Module, importance: Any, budget: float, base: float) -> float:
+    """The channel ratio (the same in every layer) at which upstream's MetaPruner brings
+    ``model`` to ``budget`` x ``base`` MACs, found by bisection on copies."""
     lo, hi = 0.0, 0.99
     for _ in range(14):
         mid = (lo + hi) / 2
-        if macs_of(pruned(mid, copy.deepcopy(model))) > budget * base:
+        target = copy.deepcopy(model)
+        _meta_pruner(target, importance, mid).step()
+        if macs_of(target) > budget * base:
             lo = mid
         else:
             hi = mid
-    pruned(hi, model)
+    return hi
+
+
+def upstream_prune(model: nn.Module, importance: Any, budget: float, base: float) -> None:
+    """Prune ``model`` in place with upstream's MetaPruner to ``budget`` x ``base`` MACs,
+    the same ratio in every layer."""
+    _meta_pruner(model, importance, upstream_ratio(model, importance, budget, base)).step()
+
+
+class FeedbackMasks:
+    """Masks with feedback (Dynamic Pruning with Feedback, Lin et al. 2020, for channels):
+    every forward pass in training sees the network with the planned channels removed, their
+    consumers' input columns at zero, and the gradient computed there updates the dense
+    weights, the zeroed columns included; the plan is recomputed from the dense weights every
+    ``every`` steps, so a channel the feedback makes important again comes back.
+
+    ``mode`` "weights" is that; "inputs" instead zeroes the consumers' inputs with a
+    straight-through gradient, which trains the removed channels' producers as if they were
+    kept and leaves the consumers' columns as they were.
+    """
+
+    def __init__(self, model: nn.Module, importance: Any, mode: str = "weights") -> None:
+        self.model, self.importance, self.mode = model, importance, mode
+        self.columns: Dict[nn.Module, torch.Tensor] = {}
+        self.saved: Dict[nn.Module, torch.Tensor] = {}
+        self.handles = [model.register_forward_pre_hook(self._mask_weights),
+                        model.register_forward_hook(self._restore_after_eval)]
+
+    def plan(self, ratio: float) -> None:
+        """Mask, for every consumer, the input channels MetaPruner would remove at ``ratio``."""
+        self.restore()
+        self.columns = columns = {}  # nothing masked while upstream traces and ranks
+        for h in self.handles[2:]:
+            h.remove()
+        del self.handles[2:]
+        if ratio > 0:
+            was = self.model.training  # upstream's tracing leaves the model in eval mode
+            pruner = _meta_pruner(self.model, self.importance, ratio)
+            self.model.train(was)
+            for group in pruner.step(interactive=True):
+                for dep, idxs in group:
+                    if (pruner.DG.is_in_channel_pruning_fn(dep.handler)
+                            and isinstance(dep.target.module, (nn.Conv2d, nn.Linear))):
+                        columns[dep.target.module] = torch.as_tensor(list(idxs), dtype=torch.long)
+        self.columns = columns
+        if self.mode == "inputs":
+            for module, idx in columns.items():
+                self.handles.append(module.register_forward_pre_hook(self._gate_inputs(idx)))
+
+    @staticmethod
+    def _gate_inputs(idx: torch.Tensor) -> Callable[..., Any]:
+        def hook(module: nn.Module, args: Tuple[torch.Tensor, ...]) -> Any:
+            x = args[0]
+            keep = torch.ones(x.shape[1], dtype=x.dtype)
+            keep[idx] = 0
+            keep = keep.view(1, -1, *([1] * (x.dim() - 2)))
+            return (x * keep + (x - x.detach()) * (1 - keep),) + tuple(args[1:])
+        return hook
+
+    def _mask_weights(self, module: nn.Module, args: Any) -> None:
+        if self.mode != "weights" or self.saved or not self.columns:
+            return
+        with torch.no_grad():
+            for layer, idx in self.columns.items():
+                self.saved[layer] = layer.weight[:, idx].clone()
+                layer.weight[:, idx] = 0
+
+    def _restore_after_eval(self, module: nn.Module, args: Any, out: Any) -> None:
+        if not (module.training and torch.is_grad_enabled()):
+            self.restore()
+
+    def restore(self) -> None:
+        """Put the dense weights back (after ``backward()``, before the optimizer's step)."""
+        with torch.no_grad():
+            for layer, columns in self.saved.items():
+                layer.weight[:, self.columns[layer]] = columns
+        self.saved = {}
+
+    def remove(self) -> None:
+        self.restore()
+        for h in self.handles:
+            h.remove()
+        self.columns, self.handles = {}, []
+
+
+def feedback_run(run: "Run", arch: str, budget: float, base: float, epochs: int,
+                 override: Dict[str, Any], label: str) -> None:
+    """Train with :class:`FeedbackMasks` from ``feedback.begin`` to ``feedback.end`` (fractions
+    of the run; the ratio grows as 1 - (1 - progress)^3), then remove the last plan's
+    channels at the end of that epoch and fine-tune (``rewind`` restarts the one-cycle)."""
+    fb = override.get("feedback", {})
+    importance = tp.importance.MagnitudeImportance(p=2)
+    first = int(fb.get("begin", 0.3) * epochs)
+    last = int(fb.get("end", 0.5) * epochs) - 1  # removal at the end of this epoch
+    every = int(fb.get("every", 16))
+    final = upstream_ratio(run.model, importance, budget, base)
+    masks = FeedbackMasks(run.model, importance, fb.get("mode", "weights"))
+    window = (last + 1 - first) * run.steps_per_epoch
+    state = {"on": False, "step": 0}
+
+    def refresh() -> None:
+        progress = min(1.0, (state["step"] + 1) / window)
+        masks.plan(final * (1 - (1 - progress) ** 3))
+
+    def after_backward() -> None:
+        if not state["on"]:
+            return
+        masks.restore()
+        state["step"] += 1
+        if state["step"] % every == 0:
+            refresh()
+
+    def epoch_end(epoch: int) -> None:
+        if epoch == first - 1:
+            state["on"] = True
+            refresh()
+        if epoch == last:
+            state["on"] = False
+            masks.remove()
+            _meta_pruner(run.model, importance, final).step()
+            run.optimizer = run.make_optimizer()
+            if override.get("rewind"):
+                run.rewind(override.get("restart_peak", 1.0))
+
+    run.train(after_backward=after_backward, epoch_end=epoch_end, label=label)
 
 
 def thin_scale(arch: str, budget: float) -> float:
@@ -368,6 +491,9 @@ def run_method(method: str, arch: str, budget: float, seed: int, epochs: int,
             teachers.mkdir(parents=True, exist_ok=True)
             torch.save(run.model.state_dict(), teacher_path(teachers, arch, seed, epochs))
         return {"acc": run.accuracy(), "macs": 1.0}
+    if method == "feedback":
+        feedback_run(run, arch, budget, base, epochs, override, label)
+        return {"acc": run.accuracy(), "macs": macs_of(run.model) / base}
     if method in ("oneshot", "sparse"):
         mid = epochs // 2
         if method == "oneshot":
