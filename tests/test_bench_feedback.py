@@ -1,0 +1,59 @@
+"""bench_accuracy.py's masks with feedback: what the network computes while masked is exactly the
+network upstream's pruning would leave, and the dense weights survive and learn."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+import torch_pruning as tp
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("bench_accuracy",
+                                                  ROOT / "benchmarks" / "bench_accuracy.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("arch", ["vgg", "resnet"])
+@pytest.mark.parametrize("mode", ["weights", "inputs"])
+def test_masked_network_computes_what_the_pruned_one_does(arch: str, mode: str) -> None:
+    bench = _bench()
+    torch.manual_seed(0)
+    model = bench.build(arch)
+    importance = tp.importance.MagnitudeImportance(p=2)
+    masks = bench.FeedbackMasks(model, importance, mode)
+    model.train()
+    masks.plan(0.5)
+    assert model.training  # upstream's tracing must not leave the model in eval mode
+    dense = {layer: layer.weight.detach().clone() for layer in masks.columns}
+    x = torch.randn(4, 3, 32, 32)
+    model(x).logsumexp(1).sum().backward()
+    masks.restore()
+    assert all(torch.equal(layer.weight, dense[layer]) for layer in dense)
+    grads = [float(layer.weight.grad[:, idx].abs().sum()) for layer, idx in masks.columns.items()]
+    if mode == "weights":  # the feedback: removed columns learn what they would add
+        assert all(g > 0 for g in grads)
+    else:  # the inputs are gated: the columns see zeros
+        assert all(g == 0 for g in grads)
+
+    pruned = copy.deepcopy(model)
+    for module in pruned.modules():  # the copy without the masks' hooks
+        module._forward_pre_hooks.clear()
+        module._forward_hooks.clear()
+    bench._meta_pruner(pruned, importance, 0.5).step()
+    model.eval()
+    pruned.eval()
+    with torch.no_grad():
+        assert torch.allclose(model(x), pruned(x), atol=1e-5)
+    # evaluation leaves the dense weights in place for the next training step
+    assert all(torch.equal(layer.weight, dense[layer]) for layer in dense)
+    assert bench.macs_of(pruned) < 0.5 * bench.macs_of(bench.build(arch))
