@@ -312,44 +312,87 @@ def upstream_prune(model: nn.Module, importance: Any, budget: float, base: float
     _meta_pruner(model, importance, upstream_ratio(model, importance, budget, base)).step()
 
 
+Columns = Dict[nn.Module, torch.Tensor]  # consumer layer -> input channels to zero
+
+
+def upstream_columns(model: nn.Module, importance: Any, ratio: float) -> Columns:
+    """For every consumer, the input channels upstream's MetaPruner would remove at ``ratio``
+    (nothing is removed)."""
+    columns: Columns = {}
+    if ratio <= 0:
+        return columns
+    was = model.training  # upstream's tracing leaves the model in eval mode
+    pruner = _meta_pruner(model, importance, ratio)
+    model.train(was)
+    for group in pruner.step(interactive=True):
+        for dep, idxs in group:
+            if (pruner.DG.is_in_channel_pruning_fn(dep.handler)
+                    and isinstance(dep.target.module, (nn.Conv2d, nn.Linear))):
+                columns[dep.target.module] = torch.as_tensor(list(idxs), dtype=torch.long)
+    return columns
+
+
+def fresh_plan(cp: Any, level: float) -> Any:
+    """Our channel pruner's plan at ``level`` (fraction of the original MACs), ranked and
+    allocated from the weights as they are, as if nothing were masked yet."""
+    kept = cp._pruned, cp._ratio
+    cp._pruned = {g.number: torch.zeros(g.units, dtype=torch.bool) for g in cp.groups}
+    cp._ratio = 0.0
+    try:
+        plan, ratio, _ = cp._select(cp.schedule.final_ratio, level=level * cp.base_cost)
+    finally:
+        cp._pruned, cp._ratio = kept
+    return plan, ratio
+
+
+def our_columns(cp: Any, level: float) -> Columns:
+    """For every consumer, the input channels our pruner's plan at ``level`` removes."""
+    columns: Dict[nn.Module, List[torch.Tensor]] = {}
+    if level >= 1:
+        return {}
+    channels = cp._channels(fresh_plan(cp, level)[0])
+    for g in cp.groups:
+        gone = channels[g.number]
+        for sl in g.slices:
+            if (sl.name == "weight" and sl.dim == 1 and getattr(sl.module, "groups", 1) == 1
+                    and isinstance(sl.module, (nn.Conv2d, nn.Linear))):
+                hit = gone[sl.roots]
+                if bool(hit.any()):
+                    columns.setdefault(sl.module, []).append(sl.index[hit])
+    return {m: torch.unique(torch.cat(parts)) for m, parts in columns.items()}
+
+
 class FeedbackMasks:
     """Masks with feedback (Dynamic Pruning with Feedback, Lin et al. 2020, for channels):
     every forward pass in training sees the network with the planned channels removed, their
     consumers' input columns at zero, and the gradient computed there updates the dense
     weights, the zeroed columns included; the plan is recomputed from the dense weights every
-    ``every`` steps, so a channel the feedback makes important again comes back.
+    few steps, so a channel the feedback makes important again comes back.
 
-    ``mode`` "weights" is that; "inputs" instead zeroes the consumers' inputs with a
-    straight-through gradient, which trains the removed channels' producers as if they were
-    kept and leaves the consumers' columns as they were.
+    ``planner(amount)`` gives the columns to zero (:func:`upstream_columns` at a channel ratio,
+    :func:`our_columns` at a MAC level). ``mode`` "weights" is the above; "inputs" instead
+    zeroes the consumers' inputs with a straight-through gradient, which trains the removed
+    channels' producers as if they were kept and leaves the consumers' columns as they were.
     """
 
-    def __init__(self, model: nn.Module, importance: Any, mode: str = "weights") -> None:
-        self.model, self.importance, self.mode = model, importance, mode
-        self.columns: Dict[nn.Module, torch.Tensor] = {}
+    def __init__(self, model: nn.Module, planner: Callable[[float], Columns],
+                 mode: str = "weights") -> None:
+        self.model, self.planner, self.mode = model, planner, mode
+        self.columns: Columns = {}
         self.saved: Dict[nn.Module, torch.Tensor] = {}
         self.handles = [model.register_forward_pre_hook(self._mask_weights),
                         model.register_forward_hook(self._restore_after_eval)]
 
-    def plan(self, ratio: float) -> None:
-        """Mask, for every consumer, the input channels MetaPruner would remove at ``ratio``."""
+    def plan(self, amount: float) -> None:
+        """Mask the columns ``planner(amount)`` names, ranked on the dense weights."""
         self.restore()
-        self.columns = columns = {}  # nothing masked while upstream traces and ranks
+        self.columns = {}  # nothing masked while the planner traces and ranks
         for h in self.handles[2:]:
             h.remove()
         del self.handles[2:]
-        if ratio > 0:
-            was = self.model.training  # upstream's tracing leaves the model in eval mode
-            pruner = _meta_pruner(self.model, self.importance, ratio)
-            self.model.train(was)
-            for group in pruner.step(interactive=True):
-                for dep, idxs in group:
-                    if (pruner.DG.is_in_channel_pruning_fn(dep.handler)
-                            and isinstance(dep.target.module, (nn.Conv2d, nn.Linear))):
-                        columns[dep.target.module] = torch.as_tensor(list(idxs), dtype=torch.long)
-        self.columns = columns
+        self.columns = self.planner(amount)
         if self.mode == "inputs":
-            for module, idx in columns.items():
+            for module, idx in self.columns.items():
                 self.handles.append(module.register_forward_pre_hook(self._gate_inputs(idx)))
 
     @staticmethod
@@ -388,6 +431,56 @@ class FeedbackMasks:
         self.columns, self.handles = {}, []
 
 
+def ours_feedback_run(run: "Run", budget: float, epochs: int, override: Dict[str, Any],
+                      label: str) -> Dict[str, Any]:
+    """Ours with masks with feedback instead of the penalty and hard masking: our pruner
+    (``recommend_config(..., lr_restart=True)`` plus ``override["pat"]``) ranks and allocates
+    the channels at a MAC level that falls from 1 to ``budget`` (as 1 - (1 - progress)^3) from
+    ``feedback.begin`` to ``feedback.end``; at the end of that window its plan at the budget,
+    ranked afresh, is removed, the optimizer is new and the one-cycle restarts."""
+    fb = override.get("feedback", {})
+    example = torch.randn(1, 3, 32, 32)
+    cfg = tp.pat.recommend_config(run.model, example, budget, epochs, lr_restart=True)
+    _merge(cfg, override.get("pat", {}))
+    first = int(fb.get("begin", 0.3) * epochs)
+    last = int(fb.get("end", 0.5) * epochs) - 1
+    every = int(fb.get("every", 16))
+    window = (last + 1 - first) * run.steps_per_epoch
+    with tempfile.TemporaryDirectory() as out:
+        (Path(out) / "pruning_config.json").write_text(json.dumps(cfg))
+        pruner = tp.Pruning(run.model, out, example_inputs=example, log=None)
+        cp = pruner.channel_pruner
+        masks = FeedbackMasks(run.model, lambda level: our_columns(cp, level))
+        state = {"on": False, "step": 0}
+
+        def refresh() -> None:
+            progress = min(1.0, (state["step"] + 1) / window)
+            masks.plan(1 - (1 - budget) * (1 - (1 - progress) ** 3))
+
+        def after_backward() -> None:
+            if state["on"]:
+                masks.restore()
+                state["step"] += 1
+                if state["step"] % every == 0:
+                    refresh()
+
+        def epoch_end(epoch: int) -> None:
+            if epoch == first - 1:
+                state["on"] = True
+                refresh()
+            if epoch == last:
+                state["on"] = False
+                masks.remove()
+                plan, ratio = fresh_plan(cp, budget)
+                cp._commit(plan, ratio, epoch, None)
+                cp._finish(run.model, epoch, None, physical=True)
+                run.optimizer = run.make_optimizer()
+                run.rewind(override.get("restart_peak", 1.0))
+
+        run.train(after_backward=after_backward, epoch_end=epoch_end, label=label)
+        return {"reached": bool(cp.reached_target), "config": cfg}
+
+
 def feedback_run(run: "Run", arch: str, budget: float, base: float, epochs: int,
                  override: Dict[str, Any], label: str) -> None:
     """Train with :class:`FeedbackMasks` from ``feedback.begin`` to ``feedback.end`` (fractions
@@ -399,7 +492,8 @@ def feedback_run(run: "Run", arch: str, budget: float, base: float, epochs: int,
     last = int(fb.get("end", 0.5) * epochs) - 1  # removal at the end of this epoch
     every = int(fb.get("every", 16))
     final = upstream_ratio(run.model, importance, budget, base)
-    masks = FeedbackMasks(run.model, importance, fb.get("mode", "weights"))
+    masks = FeedbackMasks(run.model, lambda r: upstream_columns(run.model, importance, r),
+                          fb.get("mode", "weights"))
     window = (last + 1 - first) * run.steps_per_epoch
     state = {"on": False, "step": 0}
 
@@ -533,6 +627,9 @@ def run_method(method: str, arch: str, budget: float, seed: int, epochs: int,
 
         run.train(after_backward=after_backward, epoch_end=epoch_end, label=label)
         return {"acc": run.accuracy(), "macs": macs_of(run.model) / base}
+    if method == "pat" and "feedback" in override:
+        extra = ours_feedback_run(run, budget, epochs, override, label)
+        return dict(acc=run.accuracy(), macs=macs_of(run.model) / base, **extra)
     # ours: the five-line loop (plus opt-in distillation for pat_kd)
     example = torch.randn(1, 3, 32, 32)
     from torch_pruning.pat.tools import recipe
