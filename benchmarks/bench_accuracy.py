@@ -32,6 +32,16 @@ training images in ``shared/data/cifar10_train_10k.npz`` and is scored on the ot
   the same epoch budget, reported apart).
 * ``thin_kd``: the thin network distilled from that trained teacher (``--teachers``; ``kd``
   settings from ``--override``), to compare against ``pat_kd`` with the same teacher.
+* ``feedback``: upstream's one-shot pruning with masks with feedback before it (Dynamic
+  Pruning with Feedback, Lin et al. 2020, for channels): from ``feedback.begin`` to
+  ``feedback.end`` (fractions of the run, default 0.3 and 0.5) every training forward pass
+  sees MetaPruner's plan removed (its consumers' input columns at zero) while the gradient
+  computed there updates the dense weights; the plan, at a ratio growing to the budget's, is
+  recomputed every ``feedback.every`` steps (16), then removed at the window's end
+  (``rewind`` restarts the one-cycle there; ``feedback.mode: "inputs"`` gates the consumers'
+  inputs straight-through instead). ``--methods pat --override '{"feedback": {...}}'`` does
+  the same with our pruner's plan at a falling MAC level in place of the penalty and the
+  masking, and always restarts.
 
 Budgets are fractions of the unpruned network's MACs; upstream's methods search the channel
 ratio that lands on the budget (bisection on a copy), the thin net the width.
