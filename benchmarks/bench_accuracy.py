@@ -447,7 +447,9 @@ def ours_feedback_run(run: "Run", budget: float, epochs: int, override: Dict[str
     (``recommend_config(..., lr_restart=True)`` plus ``override["pat"]``) ranks and allocates
     the channels at a MAC level that falls from 1 to ``budget`` (as 1 - (1 - progress)^3) from
     ``feedback.begin`` to ``feedback.end``; at the end of that window its plan at the budget,
-    ranked afresh, is removed, the optimizer is new and the one-cycle restarts."""
+    ranked afresh, is removed, the optimizer is new and the one-cycle restarts. With
+    ``feedback.penalty`` the config's channel penalty runs as well (on the dense weights, over
+    its own epochs, focused on the plan at the budget)."""
     fb = override.get("feedback", {})
     example = torch.randn(1, 3, 32, 32)
     cfg = tp.pat.recommend_config(run.model, example, budget, epochs, lr_restart=True)
@@ -470,11 +472,20 @@ def ours_feedback_run(run: "Run", budget: float, epochs: int, override: Dict[str
         def after_backward() -> None:
             if state["on"]:
                 masks.restore()
+            if fb.get("penalty") and not cp.reached_target:
+                cp.regularize(run.model)  # on the dense weights
+            if state["on"]:
                 state["step"] += 1
                 if state["step"] % every == 0:
                     refresh()
 
         def epoch_end(epoch: int) -> None:
+            if fb.get("penalty"):  # the epoch bookkeeping prune() does, without its masking
+                cp._next_epoch = epoch + 1
+                if cp.regularizer is not None:
+                    cp.regularizer.restart()
+                    cp._spent.clear()
+                    cp._steps_in_epoch = 0
             if epoch == first - 1:
                 state["on"] = True
                 refresh()
