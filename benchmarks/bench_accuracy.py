@@ -441,108 +441,109 @@ class FeedbackMasks:
         self.columns, self.handles = {}, []
 
 
-def ours_feedback_run(run: "Run", budget: float, epochs: int, override: Dict[str, Any],
-                      label: str) -> Dict[str, Any]:
-    """Ours with masks with feedback instead of the penalty and hard masking: our pruner
-    (``recommend_config(..., lr_restart=True)`` plus ``override["pat"]``) ranks and allocates
-    the channels at a MAC level that falls from 1 to ``budget`` (as 1 - (1 - progress)^3) from
-    ``feedback.begin`` to ``feedback.end``; at the end of that window its plan at the budget,
-    ranked afresh, is removed, the optimizer is new and the one-cycle restarts. With
-    ``feedback.penalty`` the config's channel penalty runs as well (on the dense weights, over
-    its own epochs, focused on the plan at the budget)."""
-    fb = override.get("feedback", {})
-    example = torch.randn(1, 3, 32, 32)
-    cfg = tp.pat.recommend_config(run.model, example, budget, epochs, lr_restart=True)
-    _merge(cfg, override.get("pat", {}))
-    first = int(fb.get("begin", 0.3) * epochs)
-    last = int(fb.get("end", 0.5) * epochs) - 1
+def train_through_masks(run: "Run", masks: FeedbackMasks, fb: Dict[str, Any],
+                        amount: Callable[[float], float], remove: Callable[[int], None],
+                        label: str, after_backward: Optional[Callable[[], None]] = None,
+                        epoch_end: Optional[Callable[[int], None]] = None) -> None:
+    """Train ``run`` with ``masks`` on from ``fb["begin"]`` to ``fb["end"]`` (fractions of the
+    run, default 0.3 and 0.5), planning ``amount(progress)`` every ``fb["every"]`` steps (16),
+    then take the masks off and call ``remove(epoch)`` at the end of the window's last epoch.
+    ``after_backward`` and ``epoch_end`` run as well (on the dense weights)."""
+    first = int(fb.get("begin", 0.3) * run.epochs)
+    last = int(fb.get("end", 0.5) * run.epochs) - 1  # removal at the end of this epoch
     every = int(fb.get("every", 16))
-    window = (last + 1 - first) * run.steps_per_epoch
-    with tempfile.TemporaryDirectory() as out:
-        (Path(out) / "pruning_config.json").write_text(json.dumps(cfg))
-        pruner = tp.Pruning(run.model, out, example_inputs=example, log=None)
-        cp = pruner.channel_pruner
-        masks = FeedbackMasks(run.model, lambda level: our_columns(cp, level))
-        state = {"on": False, "step": 0}
-
-        def refresh() -> None:
-            progress = min(1.0, (state["step"] + 1) / window)
-            masks.plan(1 - (1 - budget) * (1 - (1 - progress) ** 3))
-
-        def after_backward() -> None:
-            if state["on"]:
-                masks.restore()
-            if fb.get("penalty") and not cp.reached_target:
-                cp.regularize(run.model)  # on the dense weights
-            if state["on"]:
-                state["step"] += 1
-                if state["step"] % every == 0:
-                    refresh()
-
-        def epoch_end(epoch: int) -> None:
-            if fb.get("penalty"):  # the epoch bookkeeping prune() does, without its masking
-                cp._next_epoch = epoch + 1
-                if cp.regularizer is not None:
-                    cp.regularizer.restart()
-                    cp._spent.clear()
-                    cp._steps_in_epoch = 0
-            if epoch == first - 1:
-                state["on"] = True
-                refresh()
-            if epoch == last:
-                state["on"] = False
-                masks.remove()
-                plan, ratio = fresh_plan(cp, budget)
-                cp._commit(plan, ratio, epoch, None)
-                cp._finish(run.model, epoch, None, physical=True)
-                run.optimizer = run.make_optimizer()
-                run.rewind(override.get("restart_peak", 1.0))
-
-        run.train(after_backward=after_backward, epoch_end=epoch_end, label=label)
-        return {"reached": bool(cp.reached_target), "config": cfg}
-
-
-def feedback_run(run: "Run", arch: str, budget: float, base: float, epochs: int,
-                 override: Dict[str, Any], label: str) -> None:
-    """Train with :class:`FeedbackMasks` from ``feedback.begin`` to ``feedback.end`` (fractions
-    of the run; the ratio grows as 1 - (1 - progress)^3), then remove the last plan's
-    channels at the end of that epoch and fine-tune (``rewind`` restarts the one-cycle)."""
-    fb = override.get("feedback", {})
-    importance = tp.importance.MagnitudeImportance(p=2)
-    first = int(fb.get("begin", 0.3) * epochs)
-    last = int(fb.get("end", 0.5) * epochs) - 1  # removal at the end of this epoch
-    every = int(fb.get("every", 16))
-    final = upstream_ratio(run.model, importance, budget, base)
-    masks = FeedbackMasks(run.model, lambda r: upstream_columns(run.model, importance, r),
-                          fb.get("mode", "weights"))
     window = (last + 1 - first) * run.steps_per_epoch
     state = {"on": False, "step": 0}
 
     def refresh() -> None:
-        progress = min(1.0, (state["step"] + 1) / window)
-        masks.plan(final * (1 - (1 - progress) ** 3))
+        masks.plan(amount(min(1.0, (state["step"] + 1) / window)))
 
-    def after_backward() -> None:
-        if not state["on"]:
-            return
-        masks.restore()
-        state["step"] += 1
-        if state["step"] % every == 0:
-            refresh()
+    def step_end() -> None:
+        if state["on"]:
+            masks.restore()  # the gradient was computed masked; the step updates dense weights
+        if after_backward is not None:
+            after_backward()
+        if state["on"]:
+            state["step"] += 1
+            if state["step"] % every == 0:
+                refresh()
 
-    def epoch_end(epoch: int) -> None:
+    def end_of(epoch: int) -> None:
+        if epoch_end is not None:
+            epoch_end(epoch)
         if epoch == first - 1:
             state["on"] = True
             refresh()
         if epoch == last:
             state["on"] = False
             masks.remove()
-            _meta_pruner(run.model, importance, final).step()
-            run.optimizer = run.make_optimizer()
-            if override.get("rewind"):
-                run.rewind(override.get("restart_peak", 1.0))
+            remove(epoch)
 
-    run.train(after_backward=after_backward, epoch_end=epoch_end, label=label)
+    run.train(after_backward=step_end, epoch_end=end_of, label=label)
+
+
+def ours_feedback_run(run: "Run", budget: float, override: Dict[str, Any],
+                      label: str) -> Dict[str, Any]:
+    """Ours with masks with feedback instead of the penalty and hard masking: our pruner
+    (``recommend_config(..., lr_restart=True)`` plus ``override["pat"]``) ranks and allocates
+    the channels at a MAC level that falls from 1 to ``budget`` (as 1 - (1 - progress)^3) over
+    the window; at its end the plan at the budget, ranked afresh, is removed, the optimizer is
+    new and the one-cycle restarts. With ``feedback.penalty`` the config's channel penalty runs
+    as well (on the dense weights, over its own epochs, focused on the plan at the budget).
+
+    A prototype: it drives the channel pruner through its private planning, commit and
+    bookkeeping steps instead of ``prune()``; the library has no feedback option."""
+    fb = override.get("feedback", {})
+    example = torch.randn(1, 3, 32, 32)
+    cfg = tp.pat.recommend_config(run.model, example, budget, run.epochs, lr_restart=True)
+    _merge(cfg, override.get("pat", {}))
+    with tempfile.TemporaryDirectory() as out:
+        (Path(out) / "pruning_config.json").write_text(json.dumps(cfg))
+        cp = tp.Pruning(run.model, out, example_inputs=example, log=None).channel_pruner
+        masks = FeedbackMasks(run.model, lambda level: our_columns(cp, level))
+
+        def penalty() -> None:
+            if fb.get("penalty") and not cp.reached_target:
+                cp.regularize(run.model)
+
+        def bookkeeping(epoch: int) -> None:  # what prune() does at an epoch end, no masking
+            if fb.get("penalty"):
+                cp._next_epoch = epoch + 1
+                if cp.regularizer is not None:
+                    cp.regularizer.restart()
+                    cp._spent.clear()
+                    cp._steps_in_epoch = 0
+
+        def remove(epoch: int) -> None:
+            plan, ratio = fresh_plan(cp, budget)
+            cp._commit(plan, ratio, epoch, None)
+            cp._finish(run.model, epoch, None, physical=True)
+            run.optimizer = run.make_optimizer()
+            run.rewind(override.get("restart_peak", 1.0))
+
+        train_through_masks(run, masks, fb, lambda p: 1 - (1 - budget) * (1 - (1 - p) ** 3),
+                            remove, label, after_backward=penalty, epoch_end=bookkeeping)
+        return {"reached": bool(cp.reached_target), "config": cfg}
+
+
+def feedback_run(run: "Run", budget: float, base: float, override: Dict[str, Any],
+                 label: str) -> None:
+    """Upstream's one-shot pruning after masks with feedback: MetaPruner's plan at a ratio
+    growing to the budget's (as 1 - (1 - progress)^3) over the window, removed at its end
+    (``rewind`` restarts the one-cycle there)."""
+    fb = override.get("feedback", {})
+    importance = tp.importance.MagnitudeImportance(p=2)
+    final = upstream_ratio(run.model, importance, budget, base)
+    masks = FeedbackMasks(run.model, lambda r: upstream_columns(run.model, importance, r),
+                          fb.get("mode", "weights"))
+
+    def remove(epoch: int) -> None:
+        _meta_pruner(run.model, importance, final).step()
+        run.optimizer = run.make_optimizer()
+        if override.get("rewind"):
+            run.rewind(override.get("restart_peak", 1.0))
+
+    train_through_masks(run, masks, fb, lambda p: final * (1 - (1 - p) ** 3), remove, label)
 
 
 def thin_scale(arch: str, budget: float) -> float:
@@ -607,7 +608,7 @@ def run_method(method: str, arch: str, budget: float, seed: int, epochs: int,
             torch.save(run.model.state_dict(), teacher_path(teachers, arch, seed, epochs))
         return {"acc": run.accuracy(), "macs": 1.0}
     if method == "feedback":
-        feedback_run(run, arch, budget, base, epochs, override, label)
+        feedback_run(run, budget, base, override, label)
         return {"acc": run.accuracy(), "macs": macs_of(run.model) / base}
     if method in ("oneshot", "sparse"):
         mid = epochs // 2
@@ -649,7 +650,7 @@ def run_method(method: str, arch: str, budget: float, seed: int, epochs: int,
         run.train(after_backward=after_backward, epoch_end=epoch_end, label=label)
         return {"acc": run.accuracy(), "macs": macs_of(run.model) / base}
     if method == "pat" and "feedback" in override:
-        extra = ours_feedback_run(run, budget, epochs, override, label)
+        extra = ours_feedback_run(run, budget, override, label)
         return dict(acc=run.accuracy(), macs=macs_of(run.model) / base, **extra)
     # ours: the five-line loop (plus opt-in distillation for pat_kd)
     example = torch.randn(1, 3, 32, 32)
