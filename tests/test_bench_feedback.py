@@ -1,10 +1,12 @@
 """bench_accuracy.py's masks with feedback: what the network computes while masked is exactly the
-network upstream's pruning would leave, and the dense weights survive and learn."""
+network upstream's pruning (or our pruner's removal) would leave, and the dense weights survive
+and learn."""
 
 from __future__ import annotations
 
 import copy
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -61,13 +63,13 @@ def test_masked_network_computes_what_the_pruned_one_does(arch: str, mode: str) 
 
 
 @pytest.mark.parametrize("arch", ["vgg", "resnet"])
-def test_our_plan_masked_with_feedback_is_what_our_removal_leaves(arch: str, tmp_path) -> None:
+def test_our_plan_masked_with_feedback_is_what_our_removal_leaves(arch: str, tmp_path: Path) -> None:
     bench = _bench()
     torch.manual_seed(0)
     model = bench.build(arch)
     example = torch.randn(1, 3, 32, 32)
     cfg = tp.pat.recommend_config(model, example, 0.25, 30, lr_restart=True)
-    (tmp_path / "pruning_config.json").write_text(__import__("json").dumps(cfg))
+    (tmp_path / "pruning_config.json").write_text(json.dumps(cfg))
     cp = tp.Pruning(model, str(tmp_path), example_inputs=example, log=None).channel_pruner
     masks = bench.FeedbackMasks(model, lambda level: bench.our_columns(cp, level))
     masks.plan(0.25)
