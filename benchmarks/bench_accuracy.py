@@ -41,7 +41,7 @@ training images in ``shared/data/cifar10_train_10k.npz`` and is scored on the ot
   (``rewind`` restarts the one-cycle there; ``feedback.mode: "inputs"`` gates the consumers'
   inputs straight-through instead). ``--methods pat --override '{"feedback": {...}}'`` does
   the same with our pruner's plan at a falling MAC level in place of the penalty and the
-  masking, and always restarts.
+  masking (``feedback.penalty: true`` keeps the penalty), and always restarts.
 
 Budgets are fractions of the unpruned network's MACs; upstream's methods search the channel
 ratio that lands on the budget (bisection on a copy), the thin net the width.
