@@ -296,9 +296,14 @@ class Run:
 
 # ---------------------------------------------------------------------------- methods
 def _meta_pruner(model: nn.Module, importance: Any, ratio: float) -> Any:
+    """Upstream's MetaPruner over ``model`` at ``ratio`` (the classifier kept); the model's
+    train/eval mode is put back (upstream's tracing leaves it in eval mode)."""
     ignored = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    return tp.pruner.MetaPruner(model, torch.randn(1, 3, 32, 32), importance=importance,
-                                pruning_ratio=ratio, ignored_layers=ignored)
+    was = model.training
+    pruner = tp.pruner.MetaPruner(model, torch.randn(1, 3, 32, 32), importance=importance,
+                                  pruning_ratio=ratio, ignored_layers=ignored)
+    model.train(was)
+    return pruner
 
 
 def upstream_ratio(model: nn.Module, importance: Any, budget: float, base: float) -> float:
@@ -331,9 +336,7 @@ def upstream_columns(model: nn.Module, importance: Any, ratio: float) -> Columns
     columns: Columns = {}
     if ratio <= 0:
         return columns
-    was = model.training  # upstream's tracing leaves the model in eval mode
     pruner = _meta_pruner(model, importance, ratio)
-    model.train(was)
     for group in pruner.step(interactive=True):
         for dep, idxs in group:
             if (pruner.DG.is_in_channel_pruning_fn(dep.handler)
