@@ -509,13 +509,9 @@ def ours_feedback_run(run: "Run", budget: float, override: Dict[str, Any],
             if fb.get("penalty") and not cp.reached_target:
                 cp.regularize(run.model)
 
-        def bookkeeping(epoch: int) -> None:  # what prune() does at an epoch end, no masking
+        def bookkeeping(epoch: int) -> None:  # prune()'s epoch end, without its masking
             if fb.get("penalty"):
-                cp._next_epoch = epoch + 1
-                if cp.regularizer is not None:
-                    cp.regularizer.restart()
-                    cp._spent.clear()
-                    cp._steps_in_epoch = 0
+                cp._end_epoch(epoch)
 
         def remove(epoch: int) -> None:
             plan, ratio = fresh_plan(cp, budget)

@@ -261,11 +261,7 @@ class ChannelPruner:
     def prune(self, model: nn.Module, epoch: int, log: Optional[UserLog] = None) -> None:
         """Epoch-end step: mask more channels on schedule, finish at the target."""
         log = log if log is not None else self.log
-        self._next_epoch = epoch + 1
-        if self.regularizer is not None:  # rank afresh each epoch: resumable bit for bit
-            self.regularizer.restart()
-            self._spent.clear()
-            self._steps_in_epoch = 0
+        self._end_epoch(epoch)
         if self.reached_target:
             self._log_finished(epoch, log)
             return
@@ -294,6 +290,15 @@ class ChannelPruner:
                  f"mac_target {self.cfg.mac_target:.2%}: raise {SECTION}.global_prune_rate or "
                  "call channel_pruner.remove_masked_channels(model).", log, logging.WARNING,
                  logger)
+
+    def _end_epoch(self, epoch: int) -> None:
+        """The bookkeeping of every epoch end: the next epoch's number, and the penalty ranked
+        afresh (resumable bit for bit)."""
+        self._next_epoch = epoch + 1
+        if self.regularizer is not None:
+            self.regularizer.restart()
+            self._spent.clear()
+            self._steps_in_epoch = 0
 
     def _log_finished(self, epoch: int, log: Optional[UserLog]) -> None:
         """After the target: the stored summary once (a restarted job), a loud warning once when
