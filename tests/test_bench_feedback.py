@@ -5,7 +5,6 @@ and learn."""
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 from pathlib import Path
 
@@ -13,22 +12,12 @@ import pytest
 import torch
 
 import torch_pruning as tp
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _bench():
-    spec = importlib.util.spec_from_file_location("bench_accuracy",
-                                                  ROOT / "benchmarks" / "bench_accuracy.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from benchmarks import bench_accuracy as bench
 
 
 @pytest.mark.parametrize("arch", ["vgg", "resnet"])
 @pytest.mark.parametrize("mode", ["weights", "inputs"])
 def test_masked_network_computes_what_the_pruned_one_does(arch: str, mode: str) -> None:
-    bench = _bench()
     torch.manual_seed(0)
     model = bench.build(arch)
     importance = tp.importance.MagnitudeImportance(p=2)
@@ -64,7 +53,6 @@ def test_masked_network_computes_what_the_pruned_one_does(arch: str, mode: str) 
 
 @pytest.mark.parametrize("arch", ["vgg", "resnet"])
 def test_our_plan_masked_with_feedback_is_what_our_removal_leaves(arch: str, tmp_path: Path) -> None:
-    bench = _bench()
     torch.manual_seed(0)
     model = bench.build(arch)
     example = torch.randn(1, 3, 32, 32)

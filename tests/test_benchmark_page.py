@@ -4,21 +4,16 @@ sections other scripts write); bench_accuracy.py's margins pair runs by seed."""
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import shutil
 from pathlib import Path
 
 import pytest
 
+from benchmarks import bench_accuracy as bench
+from benchmarks import run_all
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _script(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _headings(text: str) -> list:
@@ -27,7 +22,6 @@ def _headings(text: str) -> list:
 
 def test_a_full_rerun_keeps_every_section_it_does_not_measure(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    run_all = _script("run_all")
     page = tmp_path / "benchmarks.md"
     shutil.copy(ROOT / "docs" / "benchmarks.md", page)
     before = page.read_text()
@@ -61,7 +55,6 @@ def _margin_lines(text: str) -> list:
 
 
 def test_margins_pair_ours_with_each_alternative_by_seed() -> None:
-    bench = _script("bench_accuracy")
     rows = [_row("pat", 0, 70.0), _row("pat", 1, 68.0), _row("pat", 2, 69.0),
             # the thin net has one seed ours lacks and lacks one of ours: only 0 and 1 pair
             _row("thin", 0, 67.0), _row("thin", 1, 66.0), _row("thin", 3, 99.0),
@@ -83,7 +76,6 @@ def test_margins_pair_ours_with_each_alternative_by_seed() -> None:
 
 
 def test_margins_cover_each_budget_of_the_tag_and_nothing_else() -> None:
-    bench = _script("bench_accuracy")
     rows = [_row("pat", 0, 70.0, budget=0.25), _row("sparse", 0, 69.0, budget=0.25),
             _row("pat", 0, 60.0, budget=0.1), _row("sparse", 0, 58.0, budget=0.1)]
     lines = _margin_lines(bench.margins(rows, "default"))
