@@ -85,6 +85,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 import torch_pruning as tp  # noqa: E402
+from benchmarks.measured_widths import measured_fractions, profiled_selection  # noqa: E402
 
 logger = logging.getLogger("bench_accuracy")
 METHODS = ("unpruned", "oneshot", "sparse", "thin", "pat", "pat_kd", "thin_kd", "feedback")
@@ -360,10 +361,13 @@ def fresh_plan(cp: Any, level: float) -> Any:
 
 def our_columns(cp: Any, level: float) -> Columns:
     """For every consumer, the input channels our pruner's plan at ``level`` removes."""
+    return plan_columns(cp, fresh_plan(cp, level)[0]) if level < 1 else {}
+
+
+def plan_columns(cp: Any, plan: Any) -> Columns:
+    """For every consumer, the input channels our pruner's ``plan`` (units per group) removes."""
     columns: Dict[nn.Module, List[torch.Tensor]] = {}
-    if level >= 1:
-        return {}
-    channels = cp._channels(fresh_plan(cp, level)[0])
+    channels = cp._channels(plan)
     for g in cp.groups:
         gone = channels[g.number]
         for sl in g.slices:
@@ -545,6 +549,22 @@ def feedback_run(run: "Run", budget: float, base: float, override: Dict[str, Any
     train_through_masks(run, masks, fb, lambda p: final * (1 - (1 - p) ** 3), remove, label)
 
 
+def measured_profile(cp: Any, run: "Run", budget: float, widths: Dict[str, Any],
+                     seed: int) -> Dict[int, float]:
+    """Our pruner's per-layer ratio profile from :func:`measured_fractions` on
+    ``widths["images"]`` (512) training images fixed by ``seed``, un-augmented; each group's
+    fraction over the largest one."""
+    x, y = run.data[0], run.data[1]
+    pick = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
+    pick = pick[:int(widths.get("images", 512))]
+    batches = [(x[i], y[i]) for i in pick.split(256)]
+    fractions = measured_fractions(cp, run.model, batches, budget,
+                                   lambda plan: plan_columns(cp, plan),
+                                   chunk=float(widths.get("chunk", 1 / 16)))
+    top = max(fractions.values())
+    return {number: f / top for number, f in fractions.items()} if top > 0 else {}
+
+
 def thin_scale(arch: str, budget: float) -> float:
     """The width scale whose network has the MACs closest to ``budget`` of the full one."""
     base = macs_of(build(arch))
@@ -687,6 +707,8 @@ def run_method(method: str, arch: str, budget: float, seed: int, epochs: int,
             return start(final, "final")
 
         pruner = next_pruner()
+        widths = override.get("widths")
+        profile: Dict[int, float] = {}  # measured per-layer widths (filled in when measured)
         kd = (distillation(pruner, override, arch, seed, epochs, teachers)
               if method == "pat_kd" else None)
 
@@ -697,6 +719,8 @@ def run_method(method: str, arch: str, budget: float, seed: int, epochs: int,
         def epoch_end(epoch: int) -> None:
             nonlocal pruner
             pruner.prune(run.model, epoch)
+            if widths is not None and epoch == measure_at:
+                profile.update(measured_profile(pruner.channel_pruner, run, budget, widths, seed))
             if pruner.channel_pruner.reset_optimizer:
                 if override.get("carry"):
                     run.optimizer = pruner.carry_optimizer_state(run.optimizer)
@@ -711,8 +735,12 @@ def run_method(method: str, arch: str, budget: float, seed: int, epochs: int,
                     reached_so_far[0] = macs_of(run.model) / base
                     pruner = next_pruner()
 
-        run.train(loss_fn=loss_fn, after_backward=lambda: pruner.channel_regularize(run.model),
-                  epoch_end=epoch_end, label=label)
+        ch = cfg["channel_sparsity_args"]
+        measure_at = (widths or {}).get("at", ch["regularize"]["begin_epoch"]) - 1
+        with profiled_selection(profile):
+            run.train(loss_fn=loss_fn,
+                      after_backward=lambda: pruner.channel_regularize(run.model),
+                      epoch_end=epoch_end, label=label)
         reached = bool(pruner.channel_pruner.reached_target)
     return {"acc": run.accuracy(), "macs": macs_of(run.model) / base, "reached": reached,
             "config": cfg}

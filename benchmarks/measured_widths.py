@@ -1,0 +1,152 @@
+"""Per-layer widths chosen by the measured loss, for ``bench_accuracy.py`` (a lever study).
+
+The recipe prunes the same fraction of every layer (the ninth and tenth rounds found every
+ranking across layers by weight norms or loss estimates worse). This chooses how many channels
+each layer gives up by *measuring* it, in the manner of NetAdapt and AutoSlim but on the
+network being trained, without a slimmable network: from the network as it is, take away one
+chunk (1/16 of the layer's units, the lowest-ranked ones) from each layer in turn, measure the
+loss on a fixed set of training images with the chunk gone, and keep the chunk that costs the
+least loss per MAC saved; repeat until the MAC budget is met. The fractions it ends with are a
+*profile*: while it is in force, our channel pruner's per-layer ratio ``r`` becomes
+``r * f_layer / max(f)`` for every layer, so its MAC landing, its focused penalty's targets and
+its masking follow the measured widths; which channels go inside a layer is still the pruner's
+ranking.
+
+A prototype: it replaces the selection function the channel pruner calls (local pruning only,
+where each layer is ranked alone) and reads the pruner's groups and cost; the library has no
+such option.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Callable, Dict, Iterator, List, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import torch_pruning.pat.channel.pruner as pruner_module
+from torch_pruning.pat.channel import ranking
+
+__all__ = ["zeroed", "measured_fractions", "profiled_selection"]
+
+logger = logging.getLogger("bench_accuracy")
+Columns = Dict[nn.Module, torch.Tensor]
+
+
+@contextlib.contextmanager
+def zeroed(columns: Columns) -> Iterator[None]:
+    """The consumers' input ``columns`` at zero inside the block (what removing their
+    producers' channels computes), the weights put back after it."""
+    saved = {}
+    with torch.no_grad():
+        for layer, idx in columns.items():
+            saved[layer] = layer.weight[:, idx].clone()
+            layer.weight[:, idx] = 0
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for layer, idx in columns.items():
+                layer.weight[:, idx] = saved[layer]
+
+
+@torch.no_grad()
+def _loss(model: nn.Module, batches: Sequence[tuple]) -> float:
+    return sum(float(F.cross_entropy(model(x), y)) for x, y in batches) / len(batches)
+
+
+def measured_fractions(cp: object, model: nn.Module, batches: Sequence[tuple], budget: float,
+                       columns_of: Callable[[Dict[int, torch.Tensor]], Columns],
+                       chunk: float = 1 / 16) -> Dict[int, float]:
+    """Per group number, the fraction of units to prune, chosen greedily by the measured loss
+    (eval mode, on ``batches``) per MAC saved until the MACs reach ``budget`` (a fraction of
+    the original); each step takes ``chunk`` of one group's units, its lowest-ranked ones.
+
+    Args:
+        cp: the channel pruner (its groups, scores, cap and cost are read).
+        model: the network ``cp`` prunes, as it is now (nothing pruned yet).
+        batches: (inputs, labels) pairs the loss is measured on.
+        budget: the MACs to reach, a fraction of the original.
+        columns_of: the consumers' input columns a plan removes.
+        chunk: the fraction of a group's units taken per step.
+    """
+    scores = cp._scores()
+    order = {g.number: torch.argsort(scores[g.number].float(), stable=True) for g in cp.groups}
+    cap = cp.rules.max_pruning_rate
+    taken = {g.number: 0 for g in cp.groups}
+
+    def plan(counts: Dict[int, int]) -> Dict[int, torch.Tensor]:
+        out = {}
+        for g in cp.groups:
+            mask = torch.zeros(g.units, dtype=torch.bool)
+            mask[order[g.number][:counts[g.number]]] = True
+            out[g.number] = mask
+        return out
+
+    def measure(counts: Dict[int, int]) -> tuple:
+        p = plan(counts)
+        with zeroed(columns_of(p)):
+            return _loss(model, batches), cp._cost(p)
+
+    was_training = model.training
+    model.eval()
+    try:
+        loss, cost = measure(taken)
+        target = budget * cp.base_cost
+        steps: List[int] = []
+        while cost > target:
+            best = None
+            for g in cp.groups:
+                step = max(1, round(chunk * g.units))
+                n = taken[g.number] + step
+                if n > int(cap * g.units) or g.units - n < g.min_units:
+                    continue
+                trial = {**taken, g.number: n}
+                t_loss, t_cost = measure(trial)
+                if t_cost >= cost:
+                    continue
+                per_mac = (t_loss - loss) / (cost - t_cost)
+                if best is None or per_mac < best[0]:
+                    best = (per_mac, trial, t_loss, t_cost, g.number)
+            if best is None:  # every group at its cap
+                break
+            _, taken, loss, cost, number = best
+            steps.append(number)
+    finally:
+        model.train(was_training)
+    fractions = {g.number: taken[g.number] / g.units for g in cp.groups}
+    logger.info("  measured widths: %d steps, MACs %.3fx, loss %.3f, pruned per group %s",
+                len(steps), cost / cp.base_cost, loss,
+                " ".join(f"{f:.2f}" for f in fractions.values()))
+    return fractions
+
+
+@contextlib.contextmanager
+def profiled_selection(profile: Dict[int, float]) -> Iterator[None]:
+    """Inside the block, our channel pruner prunes group ``g`` at ``ratio * profile[g]``
+    instead of ``ratio`` (local pruning; groups not in ``profile`` keep ``ratio``). The
+    profile may be filled in while the block runs."""
+    uniform = ranking.select_units
+
+    def select(groups: Sequence, scores: Dict[int, torch.Tensor],
+               pruned: Dict[int, torch.Tensor], ratio: float,
+               rules: ranking.SelectionRules) -> Dict[int, torch.Tensor]:
+        if not profile:
+            return uniform(groups, scores, pruned, ratio, rules)
+        if rules.global_pruning or rules.isomorphic:
+            raise ValueError("profiled_selection needs local pruning (global_pruning and "
+                             "isomorphic off)")
+        out: Dict[int, torch.Tensor] = {}
+        for g in groups:
+            out.update(uniform([g], scores, pruned, min(1.0, ratio * profile.get(g.number, 1.0)),
+                               rules))
+        return out
+
+    pruner_module.select_units = select
+    try:
+        yield
+    finally:
+        pruner_module.select_units = uniform
