@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Callable, Dict, Iterator, List, Sequence
+from typing import Callable, Dict, Iterator, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -91,30 +91,41 @@ def measured_fractions(cp: object, model: nn.Module, batches: Sequence[tuple], b
         with zeroed(columns_of(p)):
             return _loss(model, batches), cp._cost(p)
 
+    def offer(number: int) -> Optional[tuple]:
+        """(loss per MAC saved, counts, loss, cost) of taking the next chunk of a group."""
+        g = groups[number]
+        n = taken[number] + max(1, round(chunk * g.units))
+        if n > int(cap * g.units) or g.units - n < g.min_units:
+            return None
+        trial = {**taken, number: n}
+        t_loss, t_cost = measure(trial)
+        if t_cost >= cost:
+            return None
+        return (t_loss - loss) / (cost - t_cost), trial, t_loss, t_cost
+
+    groups = {g.number: g for g in cp.groups}
     was_training = model.training
     model.eval()
+    steps: List[int] = []
     try:
         loss, cost = measure(taken)
         target = budget * cp.base_cost
-        steps: List[int] = []
+        # lazy greedy: offers are priced once and re-priced only when they come out on top
+        stale = {number: offer(number) for number in groups}
+        fresh = set(groups)
         while cost > target:
-            best = None
-            for g in cp.groups:
-                step = max(1, round(chunk * g.units))
-                n = taken[g.number] + step
-                if n > int(cap * g.units) or g.units - n < g.min_units:
-                    continue
-                trial = {**taken, g.number: n}
-                t_loss, t_cost = measure(trial)
-                if t_cost >= cost:
-                    continue
-                per_mac = (t_loss - loss) / (cost - t_cost)
-                if best is None or per_mac < best[0]:
-                    best = (per_mac, trial, t_loss, t_cost, g.number)
-            if best is None:  # every group at its cap
+            live = {n: o for n, o in stale.items() if o is not None}
+            if not live:  # every group at its cap
                 break
-            _, taken, loss, cost, number = best
+            number = min(live, key=lambda n: live[n][0])
+            if number not in fresh:
+                stale[number] = offer(number)
+                fresh.add(number)
+                continue
+            _, taken, loss, cost = live[number]
             steps.append(number)
+            stale[number] = offer(number)
+            fresh = {number}
     finally:
         model.train(was_training)
     fractions = {g.number: taken[g.number] / g.units for g in cp.groups}
