@@ -42,6 +42,12 @@ training images in ``shared/data/cifar10_train_10k.npz`` and is scored on the ot
   inputs straight-through instead). ``--methods pat --override '{"feedback": {...}}'`` does
   the same with our pruner's plan at a falling MAC level in place of the penalty and the
   masking (``feedback.penalty: true`` keeps the penalty), and always restarts.
+* Measured per-layer widths, for ours: ``--override '{"widths": {}}'`` measures, at the start
+  of the focused penalty (before masking without one; ``widths.at`` an epoch), how much each
+  layer should give up, greedily by the loss on ``widths.images`` (512) training images per MAC
+  saved, ``widths.chunk`` (1/16) of a layer at a time, and our pruner follows that profile
+  instead of the same ratio per layer (``benchmarks/measured_widths.py``; ``widths.blend``
+  below 1 moves it only that far from the same ratio per layer).
 
 Budgets are fractions of the unpruned network's MACs; upstream's methods search the channel
 ratio that lands on the budget (bisection on a copy), the thin net the width.
@@ -553,7 +559,8 @@ def measured_profile(cp: Any, run: "Run", budget: float, widths: Dict[str, Any],
                      seed: int) -> Dict[int, float]:
     """Our pruner's per-layer ratio profile from :func:`measured_fractions` on
     ``widths["images"]`` (512) training images fixed by ``seed``, un-augmented; each group's
-    fraction over the largest one."""
+    fraction over the largest one, or with ``widths["blend"]`` (1) that far from the same
+    ratio everywhere."""
     x, y = run.data[0], run.data[1]
     pick = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
     pick = pick[:int(widths.get("images", 512))]
@@ -562,7 +569,9 @@ def measured_profile(cp: Any, run: "Run", budget: float, widths: Dict[str, Any],
                                    lambda plan: plan_columns(cp, plan),
                                    chunk=float(widths.get("chunk", 1 / 16)))
     top = max(fractions.values())
-    return {number: f / top for number, f in fractions.items()} if top > 0 else {}
+    blend = float(widths.get("blend", 1.0))  # 0: the same ratio everywhere, 1: as measured
+    return ({number: 1 - blend + blend * f / top for number, f in fractions.items()}
+            if top > 0 else {})
 
 
 def thin_scale(arch: str, budget: float) -> float:
@@ -736,7 +745,9 @@ def run_method(method: str, arch: str, budget: float, seed: int, epochs: int,
                     pruner = next_pruner()
 
         ch = cfg["channel_sparsity_args"]
-        measure_at = (widths or {}).get("at", ch["regularize"]["begin_epoch"]) - 1
+        # measured before the focused penalty starts, or before masking without one
+        measure_at = (widths or {}).get(
+            "at", ch["regularize"]["begin_epoch"] or ch["start_epoch"]) - 1
         with profiled_selection(profile):
             run.train(loss_fn=loss_fn,
                       after_backward=lambda: pruner.channel_regularize(run.model),

@@ -92,3 +92,17 @@ def test_a_profile_steers_the_pruners_selection(tmp_path: Path) -> None:
     # outside the block the selection is uniform again
     assert all(torch.equal(uniform[k], v) for k, v in cp._select(cp.schedule.final_ratio)[0]
                .items())
+
+
+def test_the_profile_blends_from_the_same_ratio_to_the_measured_widths(tmp_path: Path) -> None:
+    model, cp = _pruner(tmp_path)
+    torch.manual_seed(2)
+    data = (torch.randn(64, 3, 32, 32), torch.randint(0, 10, (64,)),
+            torch.randn(16, 3, 32, 32), torch.randint(0, 10, (16,)))
+    run = bench.Run(model, data, epochs=2, seed=0)
+    measured = bench.measured_profile(cp, run, 0.25, {"images": 64}, seed=0)
+    assert max(measured.values()) == 1.0 and min(measured.values()) < 1.0
+    uniform = bench.measured_profile(cp, run, 0.25, {"images": 64, "blend": 0.0}, seed=0)
+    assert set(uniform.values()) == {1.0}
+    half = bench.measured_profile(cp, run, 0.25, {"images": 64, "blend": 0.5}, seed=0)
+    assert all(abs(half[k] - (1 + measured[k]) / 2) < 1e-9 for k in measured)
