@@ -45,7 +45,8 @@ training images in ``shared/data/cifar10_train_10k.npz`` and is scored on the ot
 * Measured per-layer widths, for ours: ``--override '{"widths": {}}'`` measures, at the start
   of the focused penalty (before masking without one; ``widths.at`` an epoch), how much each
   layer should give up, greedily by the loss on ``widths.images`` (512) training images per MAC
-  saved, ``widths.chunk`` (1/16) of a layer at a time, and our pruner follows that profile
+  saved (BatchNorm with its running statistics, or with ``widths.stats: "batch"`` each batch's
+  own), ``widths.chunk`` (1/16) of a layer at a time, and our pruner follows that profile
   instead of the same ratio per layer (``benchmarks/measured_widths.py``; ``widths.blend``
   below 1 moves it only that far from the same ratio per layer).
 
@@ -567,7 +568,8 @@ def measured_profile(cp: Any, run: "Run", budget: float, widths: Dict[str, Any],
     batches = [(x[i], y[i]) for i in pick.split(256)]
     fractions = measured_fractions(cp, run.model, batches, budget,
                                    lambda plan: plan_columns(cp, plan),
-                                   chunk=float(widths.get("chunk", 1 / 16)))
+                                   chunk=float(widths.get("chunk", 1 / 16)),
+                                   stats=widths.get("stats", "running"))
     top = max(fractions.values())
     blend = float(widths.get("blend", 1.0))  # 0: the same ratio everywhere, 1: as measured
     return ({number: 1 - blend + blend * f / top for number, f in fractions.items()}

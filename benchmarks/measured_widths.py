@@ -30,7 +30,7 @@ from torch import nn
 import torch_pruning.pat.channel.pruner as pruner_module
 from torch_pruning.pat.channel import ranking
 
-__all__ = ["zeroed", "measured_fractions", "profiled_selection"]
+__all__ = ["zeroed", "batch_statistics", "measured_fractions", "profiled_selection"]
 
 logger = logging.getLogger("bench_accuracy")
 Columns = Dict[nn.Module, torch.Tensor]
@@ -58,9 +58,29 @@ def _loss(model: nn.Module, batches: Sequence[tuple]) -> float:
     return sum(float(F.cross_entropy(model(x), y)) for x, y in batches) / len(batches)
 
 
+@contextlib.contextmanager
+def batch_statistics(model: nn.Module) -> Iterator[None]:
+    """BatchNorm normalizes with each batch's own statistics inside the block (as after a
+    recalibration to the pruned network), its running statistics left as they were."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    kept = [(m.training, m.momentum, m.num_batches_tracked.clone()
+             if m.num_batches_tracked is not None else None) for m in norms]
+    for m in norms:
+        m.train()
+        m.momentum = 0.0  # running = (1 - 0) * running + 0 * batch: unchanged
+    try:
+        yield
+    finally:
+        for m, (training, momentum, tracked) in zip(norms, kept):
+            m.train(training)
+            m.momentum = momentum
+            if tracked is not None:
+                m.num_batches_tracked.copy_(tracked)
+
+
 def measured_fractions(cp: object, model: nn.Module, batches: Sequence[tuple], budget: float,
                        columns_of: Callable[[Dict[int, torch.Tensor]], Columns],
-                       chunk: float = 1 / 16) -> Dict[int, float]:
+                       chunk: float = 1 / 16, stats: str = "running") -> Dict[int, float]:
     """Per group number, the fraction of units to prune, chosen greedily by the measured loss
     (eval mode, on ``batches``) per MAC saved until the MACs reach ``budget`` (a fraction of
     the original); each step takes ``chunk`` of one group's units, its lowest-ranked ones.
@@ -72,6 +92,8 @@ def measured_fractions(cp: object, model: nn.Module, batches: Sequence[tuple], b
         budget: the MACs to reach, a fraction of the original.
         columns_of: the consumers' input columns a plan removes.
         chunk: the fraction of a group's units taken per step.
+        stats: "running": BatchNorm as in evaluation (the dense network's statistics);
+            "batch": each batch's own statistics (as after recalibrating BatchNorm).
     """
     scores = cp._scores()
     order = {g.number: torch.argsort(scores[g.number].float(), stable=True) for g in cp.groups}
@@ -88,7 +110,7 @@ def measured_fractions(cp: object, model: nn.Module, batches: Sequence[tuple], b
 
     def measure(counts: Dict[int, int]) -> tuple:
         p = plan(counts)
-        with zeroed(columns_of(p)):
+        with zeroed(columns_of(p)), recalibrated():
             return _loss(model, batches), cp._cost(p)
 
     def offer(number: int) -> Optional[tuple]:
@@ -107,6 +129,9 @@ def measured_fractions(cp: object, model: nn.Module, batches: Sequence[tuple], b
     was_training = model.training
     model.eval()
     steps: List[int] = []
+    def recalibrated() -> contextlib.AbstractContextManager:
+        return batch_statistics(model) if stats == "batch" else contextlib.nullcontext()
+
     try:
         loss, cost = measure(taken)
         target = budget * cp.base_cost

@@ -12,7 +12,8 @@ import torch.nn.functional as F
 
 import torch_pruning as tp
 from benchmarks import bench_accuracy as bench
-from benchmarks.measured_widths import measured_fractions, profiled_selection, zeroed
+from benchmarks.measured_widths import (batch_statistics, measured_fractions,
+                                        profiled_selection, zeroed)
 
 
 def _pruner(tmp_path: Path, budget: float = 0.25) -> Tuple[Any, Any]:
@@ -106,3 +107,20 @@ def test_the_profile_blends_from_the_same_ratio_to_the_measured_widths(tmp_path:
     assert set(uniform.values()) == {1.0}
     half = bench.measured_profile(cp, run, 0.25, {"images": 64, "blend": 0.5}, seed=0)
     assert all(abs(half[k] - (1 + measured[k]) / 2) < 1e-9 for k in measured)
+
+
+def test_batch_statistics_normalize_per_batch_and_leave_the_running_ones(tmp_path: Path) -> None:
+    model, _ = _pruner(tmp_path)
+    model.eval()
+    x = torch.randn(32, 3, 32, 32) * 3 + 1
+    buffers = {n: b.clone() for n, b in model.named_buffers()}
+    with torch.no_grad():
+        running = model(x)
+        with batch_statistics(model):
+            batch = model(x)
+        assert not model.training
+        assert all(torch.equal(b, buffers[n]) for n, b in model.named_buffers())
+        model.train()
+        trained = model(x)  # train mode normalizes the same way (and moves the buffers)
+    assert torch.allclose(batch, trained, atol=1e-5)
+    assert not torch.allclose(batch, running, atol=1e-3)
