@@ -48,7 +48,8 @@ training images in ``shared/data/cifar10_train_10k.npz`` and is scored on the ot
   saved (BatchNorm with its running statistics, or with ``widths.stats: "batch"`` each batch's
   own), ``widths.chunk`` (1/16) of a layer at a time, and our pruner follows that profile
   instead of the same ratio per layer (``benchmarks/measured_widths.py``; ``widths.blend``
-  below 1 moves it only that far from the same ratio per layer).
+  below 1 moves it only that far from the same ratio per layer, ``widths.level`` measures
+  down to that MAC level instead of the budget and scales the shape).
 
 Budgets are fractions of the unpruned network's MACs; upstream's methods search the channel
 ratio that lands on the budget (bisection on a copy), the thin net the width.
@@ -561,12 +562,14 @@ def measured_profile(cp: Any, run: "Run", budget: float, widths: Dict[str, Any],
     """Our pruner's per-layer ratio profile from :func:`measured_fractions` on
     ``widths["images"]`` (512) training images fixed by ``seed``, un-augmented; each group's
     fraction over the largest one, or with ``widths["blend"]`` (1) that far from the same
-    ratio everywhere."""
+    ratio everywhere; measured down to the budget or to ``widths["level"]`` (a shallower
+    level, where the loss still tells the layers apart, gives the profile's shape)."""
     x, y = run.data[0], run.data[1]
     pick = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
     pick = pick[:int(widths.get("images", 512))]
     batches = [(x[i], y[i]) for i in pick.split(256)]
-    fractions = measured_fractions(cp, run.model, batches, budget,
+    level = float(widths.get("level", budget))  # measured down to this MAC level
+    fractions = measured_fractions(cp, run.model, batches, level,
                                    lambda plan: plan_columns(cp, plan),
                                    chunk=float(widths.get("chunk", 1 / 16)),
                                    stats=widths.get("stats", "running"))
