@@ -49,7 +49,9 @@ training images in ``shared/data/cifar10_train_10k.npz`` and is scored on the ot
   own), ``widths.chunk`` (1/16) of a layer at a time, and our pruner follows that profile
   instead of the same ratio per layer (``benchmarks/measured_widths.py``; ``widths.blend``
   below 1 moves it only that far from the same ratio per layer, ``widths.level`` measures
-  down to that MAC level instead of the budget and scales the shape).
+  down to that MAC level instead of the budget and scales the shape). ``widths.shared: s``
+  measures nothing: the groups more than one layer produces (residual streams) are pruned at
+  ``s`` times the ratio of the others, which is what the measurement chose on the ResNet-14.
 
 Budgets are fractions of the unpruned network's MACs; upstream's methods search the channel
 ratio that lands on the budget (bisection on a copy), the thin net the width.
@@ -93,7 +95,8 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 import torch_pruning as tp  # noqa: E402
-from benchmarks.measured_widths import measured_fractions, profiled_selection  # noqa: E402
+from benchmarks.measured_widths import (measured_fractions, profiled_selection,  # noqa: E402
+                                        shared_groups)
 
 logger = logging.getLogger("bench_accuracy")
 METHODS = ("unpruned", "oneshot", "sparse", "thin", "pat", "pat_kd", "thin_kd", "feedback")
@@ -723,6 +726,11 @@ def run_method(method: str, arch: str, budget: float, seed: int, epochs: int,
         pruner = next_pruner()
         widths = override.get("widths")
         profile: Dict[int, float] = {}  # measured per-layer widths (filled in when measured)
+        if widths is not None and "shared" in widths:  # a fixed profile, nothing measured
+            shared = shared_groups(pruner.channel_pruner)
+            profile.update({g.number: float(widths["shared"]) if g.number in shared else 1.0
+                            for g in pruner.channel_pruner.groups})
+            widths = None
         kd = (distillation(pruner, override, arch, seed, epochs, teachers)
               if method == "pat_kd" else None)
 

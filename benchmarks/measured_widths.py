@@ -30,7 +30,8 @@ from torch import nn
 import torch_pruning.pat.channel.pruner as pruner_module
 from torch_pruning.pat.channel import ranking
 
-__all__ = ["zeroed", "batch_statistics", "measured_fractions", "profiled_selection"]
+__all__ = ["zeroed", "batch_statistics", "measured_fractions", "shared_groups",
+           "profiled_selection"]
 
 logger = logging.getLogger("bench_accuracy")
 Columns = Dict[nn.Module, torch.Tensor]
@@ -158,6 +159,18 @@ def measured_fractions(cp: object, model: nn.Module, batches: Sequence[tuple], b
                 len(steps), cost / cp.base_cost, loss,
                 " ".join(f"{f:.2f}" for f in fractions.values()))
     return fractions
+
+
+def shared_groups(cp: object) -> List[int]:
+    """Numbers of the groups whose channels more than one layer produces (a residual stream:
+    the stem or a shortcut and the blocks' last convolutions that add into it)."""
+    shared = []
+    for g in cp.groups:
+        producers = {id(sl.module) for sl in g.slices if sl.name == "weight" and sl.dim == 0
+                     and isinstance(sl.module, (nn.Conv2d, nn.Linear))}
+        if len(producers) > 1:
+            shared.append(g.number)
+    return shared
 
 
 @contextlib.contextmanager

@@ -13,10 +13,11 @@ import torch.nn.functional as F
 import torch_pruning as tp
 from benchmarks import bench_accuracy as bench
 from benchmarks.measured_widths import (batch_statistics, measured_fractions,
-                                        profiled_selection, zeroed)
+                                        profiled_selection, shared_groups, zeroed)
 
 
 def _pruner(tmp_path: Path, budget: float = 0.25) -> Tuple[Any, Any]:
+    tmp_path.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     model = bench.build("vgg")
     example = torch.randn(1, 3, 32, 32)
@@ -124,3 +125,28 @@ def test_batch_statistics_normalize_per_batch_and_leave_the_running_ones(tmp_pat
         trained = model(x)  # train mode normalizes the same way (and moves the buffers)
     assert torch.allclose(batch, trained, atol=1e-5)
     assert not torch.allclose(batch, running, atol=1e-3)
+
+
+def test_shared_groups_are_the_residual_streams(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = bench.build("resnet")
+    example = torch.randn(1, 3, 32, 32)
+    (tmp_path / "pruning_config.json").write_text(
+        json.dumps(tp.pat.recommend_config(model, example, 0.1, 30)))
+    cp = tp.Pruning(model, str(tmp_path), example_inputs=example, log=None).channel_pruner
+    names = {m: n for n, m in model.named_modules()}
+    shared = shared_groups(cp)
+    assert len(shared) == 3  # one residual stream per stage
+    for g in cp.groups:
+        produced = {names[sl.module] for sl in g.slices if sl.name == "weight" and sl.dim == 0
+                    and isinstance(sl.module, torch.nn.Conv2d)}
+        assert (g.number in shared) == any(".conv2" in n for n in produced)
+    uniform = cp._select(cp.schedule.final_ratio)[0]
+    with profiled_selection({g.number: 0.5 if g.number in shared else 1.0 for g in cp.groups}):
+        steered = cp._select(cp.schedule.final_ratio)[0]
+    for g in cp.groups:  # the streams keep more, the blocks' inner convolutions give more
+        if g.number in shared:
+            assert steered[g.number].sum() < uniform[g.number].sum()
+        else:
+            assert steered[g.number].sum() >= uniform[g.number].sum()
+    assert shared_groups(_pruner(tmp_path / "vgg")[1]) == []  # a plain chain has none
