@@ -724,13 +724,13 @@ def run_method(method: str, arch: str, budget: float, seed: int, epochs: int,
             return start(final, "final")
 
         pruner = next_pruner()
-        widths = override.get("widths")
-        profile: Dict[int, float] = {}  # measured per-layer widths (filled in when measured)
-        if widths is not None and "shared" in widths:  # a fixed profile, nothing measured
+        widths = override.get("widths") or {}
+        profile: Dict[int, float] = {}  # per-layer widths (filled in when measured)
+        if "shared" in widths:  # a fixed profile, nothing measured
             shared = shared_groups(pruner.channel_pruner)
             profile.update({g.number: float(widths["shared"]) if g.number in shared else 1.0
                             for g in pruner.channel_pruner.groups})
-            widths = None
+        measuring = "widths" in override and "shared" not in widths
         kd = (distillation(pruner, override, arch, seed, epochs, teachers)
               if method == "pat_kd" else None)
 
@@ -741,7 +741,7 @@ def run_method(method: str, arch: str, budget: float, seed: int, epochs: int,
         def epoch_end(epoch: int) -> None:
             nonlocal pruner
             pruner.prune(run.model, epoch)
-            if widths is not None and epoch == measure_at:
+            if measuring and epoch == measure_at:
                 profile.update(measured_profile(pruner.channel_pruner, run, budget, widths, seed))
             if pruner.channel_pruner.reset_optimizer:
                 if override.get("carry"):
@@ -759,8 +759,7 @@ def run_method(method: str, arch: str, budget: float, seed: int, epochs: int,
 
         ch = cfg["channel_sparsity_args"]
         # measured before the focused penalty starts, or before masking without one
-        measure_at = (widths or {}).get(
-            "at", ch["regularize"]["begin_epoch"] or ch["start_epoch"]) - 1
+        measure_at = widths.get("at", ch["regularize"]["begin_epoch"] or ch["start_epoch"]) - 1
         with profiled_selection(profile):
             run.train(loss_fn=loss_fn,
                       after_backward=lambda: pruner.channel_regularize(run.model),

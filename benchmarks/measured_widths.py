@@ -6,11 +6,17 @@ each layer gives up by *measuring* it, in the manner of NetAdapt and AutoSlim bu
 network being trained, without a slimmable network: from the network as it is, take away one
 chunk (1/16 of the layer's units, the lowest-ranked ones) from each layer in turn, measure the
 loss on a fixed set of training images with the chunk gone, and keep the chunk that costs the
-least loss per MAC saved; repeat until the MAC budget is met. The fractions it ends with are a
-*profile*: while it is in force, our channel pruner's per-layer ratio ``r`` becomes
-``r * f_layer / max(f)`` for every layer, so its MAC landing, its focused penalty's targets and
-its masking follow the measured widths; which channels go inside a layer is still the pruner's
-ranking.
+least loss per MAC saved; repeat until the MAC budget is met (lazily: a layer's offer is
+measured again only when it comes out on top after another layer's chunk was taken).
+BatchNorm normalizes with the dense network's running statistics or, as after recalibrating
+it to the pruned network, with each batch's own (:func:`batch_statistics`).
+
+The fractions it ends with are a *profile*: while it is in force, our channel pruner's
+per-layer ratio ``r`` becomes ``r * f_layer / max(f)`` for every layer, so its MAC landing, its
+focused penalty's targets and its masking follow the measured widths; which channels go inside
+a layer is still the pruner's ranking. :func:`shared_groups` names the residual streams, for a
+fixed profile that prunes them less than the other layers (what the measurement chose on the
+ResNet-14).
 
 A prototype: it replaces the selection function the channel pruner calls (local pruning only,
 where each layer is ranked alone) and reads the pruner's groups and cost; the library has no
@@ -83,8 +89,9 @@ def measured_fractions(cp: object, model: nn.Module, batches: Sequence[tuple], b
                        columns_of: Callable[[Dict[int, torch.Tensor]], Columns],
                        chunk: float = 1 / 16, stats: str = "running") -> Dict[int, float]:
     """Per group number, the fraction of units to prune, chosen greedily by the measured loss
-    (eval mode, on ``batches``) per MAC saved until the MACs reach ``budget`` (a fraction of
-    the original); each step takes ``chunk`` of one group's units, its lowest-ranked ones.
+    (without gradients, on ``batches``) per MAC saved until the MACs reach ``budget`` (a
+    fraction of the original); each step takes ``chunk`` of one group's units, its
+    lowest-ranked ones.
 
     Args:
         cp: the channel pruner (its groups, scores, cap and cost are read).
@@ -109,6 +116,9 @@ def measured_fractions(cp: object, model: nn.Module, batches: Sequence[tuple], b
             out[g.number] = mask
         return out
 
+    def recalibrated() -> contextlib.AbstractContextManager:
+        return batch_statistics(model) if stats == "batch" else contextlib.nullcontext()
+
     def measure(counts: Dict[int, int]) -> tuple:
         p = plan(counts)
         with zeroed(columns_of(p)), recalibrated():
@@ -130,9 +140,6 @@ def measured_fractions(cp: object, model: nn.Module, batches: Sequence[tuple], b
     was_training = model.training
     model.eval()
     steps: List[int] = []
-    def recalibrated() -> contextlib.AbstractContextManager:
-        return batch_statistics(model) if stats == "batch" else contextlib.nullcontext()
-
     try:
         loss, cost = measure(taken)
         target = budget * cp.base_cost
