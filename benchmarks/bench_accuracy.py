@@ -725,6 +725,8 @@ def run_method(method: str, arch: str, budget: float, seed: int, epochs: int,
 
         pruner = next_pruner()
         widths = override.get("widths") or {}
+        if "widths" in override and override.get("stages"):  # a profile names one pruner's groups
+            raise ValueError("--override: widths and stages cannot be combined")
         profile: Dict[int, float] = {}  # per-layer widths (filled in when measured)
         if "shared" in widths:  # a fixed profile, nothing measured
             shared = shared_groups(pruner.channel_pruner)
