@@ -95,6 +95,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 import torch_pruning as tp  # noqa: E402
+from benchmarks.columns import Columns, put_back, zero_columns  # noqa: E402
 from benchmarks.measured_widths import (measured_fractions, profiled_selection,  # noqa: E402
                                         shared_groups)
 
@@ -339,7 +340,6 @@ def upstream_prune(model: nn.Module, importance: Any, budget: float, base: float
     _meta_pruner(model, importance, upstream_ratio(model, importance, budget, base)).step()
 
 
-Columns = Dict[nn.Module, torch.Tensor]  # consumer layer -> input channels to zero
 
 
 def upstream_columns(model: nn.Module, importance: Any, ratio: float) -> Columns:
@@ -436,10 +436,7 @@ class FeedbackMasks:
     def _mask_weights(self, module: nn.Module, args: Any) -> None:
         if self.mode != "weights" or self.saved or not self.columns:
             return
-        with torch.no_grad():
-            for layer, idx in self.columns.items():
-                self.saved[layer] = layer.weight[:, idx].clone()
-                layer.weight[:, idx] = 0
+        self.saved = zero_columns(self.columns)
 
     def _restore_after_eval(self, module: nn.Module, args: Any, out: Any) -> None:
         if not (module.training and torch.is_grad_enabled()):
@@ -447,9 +444,7 @@ class FeedbackMasks:
 
     def restore(self) -> None:
         """Put the dense weights back (after ``backward()``, before the optimizer's step)."""
-        with torch.no_grad():
-            for layer, columns in self.saved.items():
-                layer.weight[:, self.columns[layer]] = columns
+        put_back(self.columns, self.saved)
         self.saved = {}
 
     def remove(self) -> None:

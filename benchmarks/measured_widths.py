@@ -36,28 +36,11 @@ from torch import nn
 import torch_pruning.pat.channel.pruner as pruner_module
 from torch_pruning.pat.channel import ranking
 
-__all__ = ["zeroed", "batch_statistics", "measured_fractions", "shared_groups",
-           "profiled_selection"]
+from benchmarks.columns import Columns, zeroed
+
+__all__ = ["batch_statistics", "measured_fractions", "shared_groups", "profiled_selection"]
 
 logger = logging.getLogger("bench_accuracy")
-Columns = Dict[nn.Module, torch.Tensor]
-
-
-@contextlib.contextmanager
-def zeroed(columns: Columns) -> Iterator[None]:
-    """The consumers' input ``columns`` at zero inside the block (what removing their
-    producers' channels computes), the weights put back after it."""
-    saved = {}
-    with torch.no_grad():
-        for layer, idx in columns.items():
-            saved[layer] = layer.weight[:, idx].clone()
-            layer.weight[:, idx] = 0
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            for layer, idx in columns.items():
-                layer.weight[:, idx] = saved[layer]
 
 
 @torch.no_grad()

@@ -12,8 +12,9 @@ import torch.nn.functional as F
 
 import torch_pruning as tp
 from benchmarks import bench_accuracy as bench
+from benchmarks.columns import zeroed
 from benchmarks.measured_widths import (batch_statistics, measured_fractions,
-                                        profiled_selection, shared_groups, zeroed)
+                                        profiled_selection, shared_groups)
 
 
 def _pruner(tmp_path: Path, budget: float = 0.25) -> Tuple[Any, Any]:
