@@ -52,6 +52,8 @@ training images in ``shared/data/cifar10_train_10k.npz`` and is scored on the ot
   down to that MAC level instead of the budget and scales the shape). ``widths.shared: s``
   measures nothing: the groups more than one layer produces (residual streams) are pruned at
   ``s`` times the ratio of the others, which is what the measurement chose on the ResNet-14.
+* Weight decay, for every method: ``--override '{"wd": w}'`` for the whole run (5e-4 unless
+  set), ``{"ft_wd": w}`` for every optimizer made at a removal (the reduced model's).
 
 Budgets are fractions of the unpruned network's MACs; upstream's methods search the channel
 ratio that lands on the budget (bisection on a copy), the thin net the width.
@@ -242,11 +244,16 @@ class Run:
         self.step = self.cycle_start = 0
         self.cycle_end: Optional[int] = None  # the first cycle ends early ("cycles": 2)
         self.peak = lr  # the current cycle's peak learning rate
+        self.ft_wd: Optional[float] = None  # weight decay after a removal ("ft_wd")
         self.optimizer = self.make_optimizer()
 
     def make_optimizer(self) -> torch.optim.Optimizer:
+        """SGD with Nesterov momentum; every optimizer after the first is made at a removal,
+        and takes ``ft_wd`` as its weight decay when that is set."""
+        first = not hasattr(self, "optimizer")
+        wd = self.wd if first or self.ft_wd is None else self.ft_wd
         return torch.optim.SGD(self.model.parameters(), lr=self.lr, momentum=0.9,
-                               nesterov=True, weight_decay=self.wd)
+                               nesterov=True, weight_decay=wd)
 
     def lr_at(self, step: int) -> float:
         """One-cycle: linear warm-up over 15% of the run (or of what is left after
@@ -622,7 +629,7 @@ def run_method(method: str, arch: str, budget: float, seed: int, epochs: int,
     label = f"{arch} {method} {budget}x seed {seed}"
     if method in ("thin", "thin_kd"):
         model = build(arch, thin_scale(arch, budget))
-        run = Run(model, data, epochs, seed)
+        run = Run(model, data, epochs, seed, wd=override.get("wd", 5e-4))
         kd = (distillation(None, override, arch, seed, epochs, teachers, trained=True)
               if method == "thin_kd" else None)
 
@@ -631,7 +638,8 @@ def run_method(method: str, arch: str, budget: float, seed: int, epochs: int,
         run.train(loss_fn=distilled if kd is not None else None, label=label)
         return {"acc": run.accuracy(), "macs": macs_of(run.model) / base}
     model = build(arch)
-    run = Run(model, data, epochs, seed)
+    run = Run(model, data, epochs, seed, wd=override.get("wd", 5e-4))
+    run.ft_wd = override.get("ft_wd")
     if method == "unpruned":
         run.train(label=label)
         if teachers is not None:
