@@ -52,6 +52,11 @@ training images in ``shared/data/cifar10_train_10k.npz`` and is scored on the ot
   down to that MAC level instead of the budget and scales the shape). ``widths.shared: s``
   measures nothing: the groups more than one layer produces (residual streams) are pruned at
   ``s`` times the ratio of the others, which is what the measurement chose on the ResNet-14.
+* The dense network and its subnetwork trained together, for ours: ``--override '{"sandwich":
+  {...}}'`` (``benchmarks/sandwich.py``): from ``sandwich.begin`` (0.3) to ``sandwich.end``
+  (0.65, 1.0 the run's end) every step adds the loss of the subnetwork our pruner's plan at the
+  budget leaves, distilled from the dense network's output of the same step; then the plan is
+  removed (before the run's end with a restart, at its end with BatchNorm recalibrated).
 * Weight decay, for every method: ``--override '{"wd": w}'`` for the whole run (5e-4 unless
   set), ``{"ft_wd": w}`` for every optimizer made at a removal (the reduced model's).
 
@@ -97,7 +102,9 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 import torch_pruning as tp  # noqa: E402
-from benchmarks.columns import Columns, put_back, zero_columns  # noqa: E402
+from benchmarks.columns import (Columns, fresh_plan, our_columns, plan_columns,  # noqa: E402
+                                put_back, zero_columns)
+from benchmarks.sandwich import sandwich_run  # noqa: E402
 from benchmarks.measured_widths import (measured_fractions, profiled_selection,  # noqa: E402
                                         shared_groups)
 
@@ -242,6 +249,7 @@ class Run:
         self.gen = torch.Generator().manual_seed(seed)
         self.steps_per_epoch = math.ceil(len(data[1]) / batch)
         self.step = self.cycle_start = 0
+        self.targets: Optional[torch.Tensor] = None  # the current batch's labels
         self.cycle_end: Optional[int] = None  # the first cycle ends early ("cycles": 2)
         self.peak = lr  # the current cycle's peak learning rate
         self.ft_wd: Optional[float] = None  # weight decay after a removal ("ft_wd")
@@ -285,6 +293,7 @@ class Run:
             for i in range(0, len(order), self.batch):
                 idx = order[i:i + self.batch]
                 xb, yb = augment(x_train[idx], self.gen), y_train[idx]
+                self.targets = yb  # the batch's labels, for loss functions that need them
                 for group in self.optimizer.param_groups:
                     group["lr"] = self.lr_at(self.step)
                 out = self.model(xb)
@@ -362,39 +371,6 @@ def upstream_columns(model: nn.Module, importance: Any, ratio: float) -> Columns
                     and isinstance(dep.target.module, (nn.Conv2d, nn.Linear))):
                 columns[dep.target.module] = torch.as_tensor(list(idxs), dtype=torch.long)
     return columns
-
-
-def fresh_plan(cp: Any, level: float) -> Any:
-    """Our channel pruner's plan at ``level`` (fraction of the original MACs), ranked and
-    allocated from the weights as they are, as if nothing were masked yet."""
-    kept = cp._pruned, cp._ratio
-    cp._pruned = {g.number: torch.zeros(g.units, dtype=torch.bool) for g in cp.groups}
-    cp._ratio = 0.0
-    try:
-        plan, ratio, _ = cp._select(cp.schedule.final_ratio, level=level * cp.base_cost)
-    finally:
-        cp._pruned, cp._ratio = kept
-    return plan, ratio
-
-
-def our_columns(cp: Any, level: float) -> Columns:
-    """For every consumer, the input channels our pruner's plan at ``level`` removes."""
-    return plan_columns(cp, fresh_plan(cp, level)[0]) if level < 1 else {}
-
-
-def plan_columns(cp: Any, plan: Any) -> Columns:
-    """For every consumer, the input channels our pruner's ``plan`` (units per group) removes."""
-    columns: Dict[nn.Module, List[torch.Tensor]] = {}
-    channels = cp._channels(plan)
-    for g in cp.groups:
-        gone = channels[g.number]
-        for sl in g.slices:
-            if (sl.name == "weight" and sl.dim == 1 and getattr(sl.module, "groups", 1) == 1
-                    and isinstance(sl.module, (nn.Conv2d, nn.Linear))):
-                hit = gone[sl.roots]
-                if bool(hit.any()):
-                    columns.setdefault(sl.module, []).append(sl.index[hit])
-    return {m: torch.unique(torch.cat(parts)) for m, parts in columns.items()}
 
 
 class FeedbackMasks:
@@ -688,6 +664,9 @@ def run_method(method: str, arch: str, budget: float, seed: int, epochs: int,
 
         run.train(after_backward=after_backward, epoch_end=epoch_end, label=label)
         return {"acc": run.accuracy(), "macs": macs_of(run.model) / base}
+    if method == "pat" and "sandwich" in override:
+        extra = sandwich_run(run, budget, override, label, _merge)
+        return dict(acc=run.accuracy(), macs=macs_of(run.model) / base, **extra)
     if method == "pat" and "feedback" in override:
         extra = ours_feedback_run(run, budget, override, label)
         return dict(acc=run.accuracy(), macs=macs_of(run.model) / base, **extra)
