@@ -1,0 +1,110 @@
+"""bench_accuracy.py's dense network and subnetwork trained together: the gated pass computes
+what the removal leaves and trains nothing the removal takes away, BatchNorm's statistics stay
+the dense network's, and a short run lands on the budget."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import torch_pruning as tp
+from benchmarks import bench_accuracy as bench
+from benchmarks.columns import plan_columns
+from benchmarks.sandwich import bn_statistics_kept, gated, recalibrate_bn, sandwich_loss
+
+
+def _pruner(tmp_path: Path, budget: float = 0.25) -> Tuple[nn.Module, Any]:
+    torch.manual_seed(0)
+    model = bench.build("vgg")
+    example = torch.randn(1, 3, 32, 32)
+    cfg = tp.pat.recommend_config(model, example, budget, 30)
+    (tmp_path / "pruning_config.json").write_text(json.dumps(cfg))
+    cp = tp.Pruning(model, str(tmp_path), example_inputs=example, log=None).channel_pruner
+    return model, cp
+
+
+def test_gated_pass_computes_the_removal_and_trains_nothing_it_removes(tmp_path: Path) -> None:
+    model, cp = _pruner(tmp_path)
+    plan = cp._final_plan()
+    columns = plan_columns(cp, plan)
+    x = torch.randn(8, 3, 32, 32)
+    model.eval()
+    with gated(columns):
+        out = model(x)
+    out.square().sum().backward()
+    # the removed inputs' consumer columns get no gradient from the gated pass
+    for layer, idx in columns.items():
+        assert float(layer.weight.grad[:, idx].abs().sum()) == 0.0
+        assert float(layer.weight.grad.abs().sum()) > 0.0
+    with torch.no_grad():
+        assert not torch.allclose(model(x), out)  # the gates are gone after the block
+    cp._commit(plan, cp.schedule.final_ratio, 0, None)
+    cp._finish(model, 0, None, physical=True)
+    model.eval()
+    with torch.no_grad():
+        assert torch.allclose(model(x), out.detach(), atol=1e-5)
+
+
+def test_batchnorm_keeps_the_dense_statistics_in_the_subnetwork_pass() -> None:
+    torch.manual_seed(0)
+    bn = nn.BatchNorm2d(4)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), bn).train()
+    x = torch.randn(16, 3, 8, 8)
+    with bn_statistics_kept(model):
+        out = model(x)
+    assert torch.equal(bn.running_mean, torch.zeros(4))
+    assert torch.equal(bn.running_var, torch.ones(4))
+    assert bn.momentum == 0.1
+    # normalized with the batch's own statistics, as in train mode
+    assert torch.allclose(out.mean(dim=(0, 2, 3)), torch.zeros(4), atol=1e-5)
+    model(x)
+    assert not torch.equal(bn.running_mean, torch.zeros(4))  # outside, it updates again
+
+
+def test_recalibrated_statistics_are_the_images_average() -> None:
+    torch.manual_seed(0)
+    conv, bn = nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)
+    model = nn.Sequential(conv, bn)
+    images = torch.randn(64, 3, 8, 8)
+    recalibrate_bn(model, images, batch=32)
+    with torch.no_grad():
+        feats = conv(images)
+    halves = [feats[:32].mean(dim=(0, 2, 3)), feats[32:].mean(dim=(0, 2, 3))]
+    assert torch.allclose(bn.running_mean, (halves[0] + halves[1]) / 2, atol=1e-5)
+    assert bn.momentum == 0.1 and model.training
+
+
+def test_subnetwork_loss_is_the_distance_from_the_dense_output(tmp_path: Path) -> None:
+    model, cp = _pruner(tmp_path)
+    x, y = torch.randn(16, 3, 32, 32), torch.randint(0, 10, (16,))
+    columns = plan_columns(cp, cp._final_plan())
+    model.eval()  # the same normalization in both passes
+    with torch.no_grad():
+        model.head[-1].weight.mul_(100)  # confident outputs, as after training
+        dense = model(x)
+        same = sandwich_loss(model, x, y, dense, {})
+        pruned = sandwich_loss(model, x, y, dense, columns)
+        with gated(columns):
+            labels_only = F.cross_entropy(model(x), y)
+        assert torch.allclose(sandwich_loss(model, x, y, dense, columns, alpha=0.0), labels_only)
+    assert abs(float(same)) < 1e-5  # nothing removed: nothing to distill
+    assert float(pruned) > 0.01
+
+
+def test_short_run_lands_on_the_budget_and_removes_the_last_trained_plan(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    x = torch.randn(256, 3, 32, 32)
+    y = torch.randint(0, 10, (256,))
+    data = (x, y, x[:64], y[:64])
+    run = bench.Run(bench.build("vgg"), data, epochs=4, seed=0, batch=64)
+    base = bench.macs_of(run.model)
+    out = bench.sandwich_run(run, 0.25, {"sandwich": {"begin": 0.25, "end": 0.75}}, "t",
+                             bench._merge)
+    assert out["reached"]
+    assert abs(bench.macs_of(run.model) / base - 0.25) < 0.01
+    assert len(out["swaps"]) == 1  # ranked afresh once inside the window
