@@ -314,12 +314,14 @@ class Run:
                         macs_of(self.model) / 1e6, time.perf_counter() - start)
 
     @torch.no_grad()
-    def accuracy(self) -> float:
+    def accuracy(self, model: Optional[nn.Module] = None) -> float:
+        """Validation accuracy (%) of the run's model, or of ``model``; left in train mode."""
+        model = self.model if model is None else model
         x, y = self.data[2], self.data[3]
-        self.model.eval()
-        correct = sum(int((self.model(x[i:i + 500]).argmax(1) == y[i:i + 500]).sum())
+        model.eval()
+        correct = sum(int((model(x[i:i + 500]).argmax(1) == y[i:i + 500]).sum())
                       for i in range(0, len(y), 500))
-        self.model.train()
+        model.train()
         return 100.0 * correct / len(y)
 
 

@@ -26,6 +26,7 @@ are gated, not sliced); the library has no such option.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import tempfile
 from pathlib import Path
@@ -111,7 +112,11 @@ def sandwich_run(run: Any, budget: float, override: Dict[str, Any], label: str,
     """Train ``run`` (``bench_accuracy.Run``) with the subnetwork at ``budget`` alongside from
     ``sandwich.begin`` (fraction of the run, 0.3) to ``sandwich.end`` (0.65; 1.0 is the run's
     end), then remove it (``sandwich.alpha`` 1.0, ``sandwich.temperature`` 1.0,
-    ``sandwich.weight`` 1.0 of the subnetwork's loss against the dense one's)."""
+    ``sandwich.weight`` 1.0 of the subnetwork's loss against the dense one's). With
+    ``sandwich.kd_after`` (``alpha`` 0.5, ``temperature`` 4) the fine-tuning after an early
+    removal is distilled from the dense network as it was at the removal (a forward pass of it
+    in every step). The result has the dense network's and the subnetwork's accuracy at the
+    removal (``at_removal``; the subnetwork's with its BatchNorm statistics recomputed)."""
     sw = override["sandwich"]
     epochs = run.epochs
     first = int(sw.get("begin", 0.3) * epochs)
@@ -121,12 +126,22 @@ def sandwich_run(run: Any, budget: float, override: Dict[str, Any], label: str,
     example = torch.randn(1, 3, 32, 32)
     cfg = tp.pat.recommend_config(run.model, example, budget, epochs, lr_restart=True)
     merge(cfg, override.get("pat", {}))
-    state: Dict[str, Any] = {"plan": None, "columns": None, "changed": []}
+    kd_after = sw.get("kd_after")
+    state: Dict[str, Any] = {"plan": None, "columns": None, "changed": [], "teacher": None}
+    seen: Dict[str, float] = {}  # accuracies at the removal
     with tempfile.TemporaryDirectory() as out:
         (Path(out) / "pruning_config.json").write_text(json.dumps(cfg))
         cp = tp.Pruning(run.model, out, example_inputs=example, log=None).channel_pruner
 
         def loss_fn(x: torch.Tensor, dense_out: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
+            if state["teacher"] is not None:  # fine-tuning, distilled from the dense network
+                with torch.no_grad():
+                    taught = state["teacher"](x)
+                t = float(kd_after.get("temperature", 4.0))
+                a = float(kd_after.get("alpha", 0.5))
+                kd = F.kl_div(F.log_softmax(dense_out / t, dim=1), F.softmax(taught / t, dim=1),
+                              reduction="batchmean") * t * t
+                return (1 - a) * loss + a * kd
             if state["columns"] is None:
                 return loss
             return loss + weight * sandwich_loss(run.model, x, run.targets, dense_out,
@@ -147,8 +162,14 @@ def sandwich_run(run: Any, budget: float, override: Dict[str, Any], label: str,
             if epoch == last:
                 plan, ratio = state["plan"]
                 state["columns"] = None
+                seen["dense"] = run.accuracy()
+                if kd_after is not None and epoch < epochs - 1:
+                    state["teacher"] = copy.deepcopy(run.model).eval().requires_grad_(False)
                 cp._commit(plan, ratio, epoch, None)
                 cp._finish(run.model, epoch, None, physical=True)
+                alone = copy.deepcopy(run.model)  # the subnetwork as the removal leaves it
+                recalibrate_bn(alone, run.data[0][:2048])
+                seen["removed"] = run.accuracy(alone)
                 if epoch < epochs - 1:
                     run.optimizer = run.make_optimizer()
                     run.rewind(override.get("restart_peak", 1.0))
@@ -159,4 +180,5 @@ def sandwich_run(run: Any, budget: float, override: Dict[str, Any], label: str,
             replan()
         run.train(loss_fn=loss_fn, epoch_end=epoch_end, label=label)
     swaps: List[int] = state["changed"]
-    return {"reached": bool(cp.reached_target), "config": cfg, "swaps": swaps}
+    return {"reached": bool(cp.reached_target), "config": cfg, "swaps": swaps,
+            "at_removal": seen}

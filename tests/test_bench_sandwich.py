@@ -103,8 +103,9 @@ def test_short_run_lands_on_the_budget_and_removes_the_last_trained_plan(tmp_pat
     data = (x, y, x[:64], y[:64])
     run = bench.Run(bench.build("vgg"), data, epochs=4, seed=0, batch=64)
     base = bench.macs_of(run.model)
-    out = bench.sandwich_run(run, 0.25, {"sandwich": {"begin": 0.25, "end": 0.75}}, "t",
-                             bench._merge)
+    sandwich = {"begin": 0.25, "end": 0.75, "kd_after": {}}  # distilled after the removal
+    out = bench.sandwich_run(run, 0.25, {"sandwich": sandwich}, "t", bench._merge)
     assert out["reached"]
+    assert set(out["at_removal"]) == {"dense", "removed"}
     assert abs(bench.macs_of(run.model) / base - 0.25) < 0.01
     assert len(out["swaps"]) == 1  # ranked afresh once inside the window
