@@ -38,8 +38,9 @@ from torch import nn
 
 import torch_pruning as tp
 from benchmarks.columns import Columns, fresh_plan, plan_columns
+from benchmarks.measured_widths import batch_statistics
 
-__all__ = ["gated", "bn_statistics_kept", "recalibrate_bn", "sandwich_loss", "sandwich_run"]
+__all__ = ["gated", "recalibrate_bn", "sandwich_loss", "sandwich_run"]
 
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d)
 
@@ -64,21 +65,6 @@ def gated(columns: Columns) -> Iterator[None]:
             h.remove()
 
 
-@contextlib.contextmanager
-def bn_statistics_kept(model: nn.Module) -> Iterator[None]:
-    """BatchNorm normalizes with each batch's statistics inside the block (in train mode) but
-    leaves its running statistics as they were."""
-    layers = [m for m in model.modules() if isinstance(m, _BN)]
-    momenta = [m.momentum for m in layers]
-    for m in layers:
-        m.momentum = 0.0
-    try:
-        yield
-    finally:
-        for m, mom in zip(layers, momenta):
-            m.momentum = mom
-
-
 @torch.no_grad()
 def recalibrate_bn(model: nn.Module, images: torch.Tensor, batch: int = 128) -> None:
     """Recompute every BatchNorm's running statistics as the average over ``images`` (in
@@ -99,7 +85,7 @@ def sandwich_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, dense_out:
                   columns: Columns, alpha: float = 1.0, temperature: float = 1.0) -> torch.Tensor:
     """The subnetwork's loss on batch ``x``: ``alpha`` times the distillation from
     ``dense_out`` (detached, at ``temperature``) plus ``1 - alpha`` times the labels' loss."""
-    with gated(columns), bn_statistics_kept(model):
+    with gated(columns), batch_statistics(model):
         out = model(x)
     t = temperature
     kd = F.kl_div(F.log_softmax(out / t, dim=1), F.softmax(dense_out.detach() / t, dim=1),

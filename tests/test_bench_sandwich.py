@@ -15,7 +15,8 @@ from torch import nn
 import torch_pruning as tp
 from benchmarks import bench_accuracy as bench
 from benchmarks.columns import plan_columns
-from benchmarks.sandwich import bn_statistics_kept, gated, recalibrate_bn, sandwich_loss
+from benchmarks.measured_widths import batch_statistics
+from benchmarks.sandwich import gated, recalibrate_bn, sandwich_loss
 
 
 def _pruner(tmp_path: Path, budget: float = 0.25) -> Tuple[nn.Module, Any]:
@@ -50,20 +51,16 @@ def test_gated_pass_computes_the_removal_and_trains_nothing_it_removes(tmp_path:
         assert torch.allclose(model(x), out.detach(), atol=1e-5)
 
 
-def test_batchnorm_keeps_the_dense_statistics_in_the_subnetwork_pass() -> None:
-    torch.manual_seed(0)
-    bn = nn.BatchNorm2d(4)
-    model = nn.Sequential(nn.Conv2d(3, 4, 3), bn).train()
-    x = torch.randn(16, 3, 8, 8)
-    with bn_statistics_kept(model):
-        out = model(x)
-    assert torch.equal(bn.running_mean, torch.zeros(4))
-    assert torch.equal(bn.running_var, torch.ones(4))
-    assert bn.momentum == 0.1
-    # normalized with the batch's own statistics, as in train mode
-    assert torch.allclose(out.mean(dim=(0, 2, 3)), torch.zeros(4), atol=1e-5)
-    model(x)
-    assert not torch.equal(bn.running_mean, torch.zeros(4))  # outside, it updates again
+def test_subnetwork_pass_leaves_the_dense_running_statistics(tmp_path: Path) -> None:
+    model, cp = _pruner(tmp_path)
+    x, y = torch.randn(16, 3, 32, 32), torch.randint(0, 10, (16,))
+    model.train()
+    with torch.no_grad():
+        dense = model(x)
+    stats = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
+    sandwich_loss(model, x, y, dense, plan_columns(cp, cp._final_plan()))
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in stats.items())
+    assert model.training
 
 
 def test_recalibrated_statistics_are_the_images_average() -> None:
@@ -83,13 +80,13 @@ def test_subnetwork_loss_is_the_distance_from_the_dense_output(tmp_path: Path) -
     model, cp = _pruner(tmp_path)
     x, y = torch.randn(16, 3, 32, 32), torch.randint(0, 10, (16,))
     columns = plan_columns(cp, cp._final_plan())
-    model.eval()  # the same normalization in both passes
     with torch.no_grad():
         model.head[-1].weight.mul_(100)  # confident outputs, as after training
-        dense = model(x)
+        with batch_statistics(model):  # the dense pass of a training step, stats untouched
+            dense = model(x)
         same = sandwich_loss(model, x, y, dense, {})
         pruned = sandwich_loss(model, x, y, dense, columns)
-        with gated(columns):
+        with gated(columns), batch_statistics(model):
             labels_only = F.cross_entropy(model(x), y)
         assert torch.allclose(sandwich_loss(model, x, y, dense, columns, alpha=0.0), labels_only)
     assert abs(float(same)) < 1e-5  # nothing removed: nothing to distill
