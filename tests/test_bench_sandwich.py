@@ -4,33 +4,21 @@ the dense network's, and a short run lands on the budget."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-import torch_pruning as tp
 from benchmarks import bench_accuracy as bench
 from benchmarks.columns import plan_columns
 from benchmarks.measured_widths import batch_statistics
 from benchmarks.sandwich import gated, recalibrate_bn, sandwich_loss
-
-
-def _pruner(tmp_path: Path, budget: float = 0.25) -> Tuple[nn.Module, Any]:
-    torch.manual_seed(0)
-    model = bench.build("vgg")
-    example = torch.randn(1, 3, 32, 32)
-    cfg = tp.pat.recommend_config(model, example, budget, 30)
-    (tmp_path / "pruning_config.json").write_text(json.dumps(cfg))
-    cp = tp.Pruning(model, str(tmp_path), example_inputs=example, log=None).channel_pruner
-    return model, cp
+from tests.models.bench import vgg_pruner
 
 
 def test_gated_pass_computes_the_removal_and_trains_nothing_it_removes(tmp_path: Path) -> None:
-    model, cp = _pruner(tmp_path)
+    model, cp = vgg_pruner(tmp_path)
     plan = cp._final_plan()
     columns = plan_columns(cp, plan)
     x = torch.randn(8, 3, 32, 32)
@@ -52,7 +40,7 @@ def test_gated_pass_computes_the_removal_and_trains_nothing_it_removes(tmp_path:
 
 
 def test_subnetwork_pass_leaves_the_dense_running_statistics(tmp_path: Path) -> None:
-    model, cp = _pruner(tmp_path)
+    model, cp = vgg_pruner(tmp_path)
     x, y = torch.randn(16, 3, 32, 32), torch.randint(0, 10, (16,))
     model.train()
     with torch.no_grad():
@@ -77,7 +65,7 @@ def test_recalibrated_statistics_are_the_images_average() -> None:
 
 
 def test_subnetwork_loss_is_the_distance_from_the_dense_output(tmp_path: Path) -> None:
-    model, cp = _pruner(tmp_path)
+    model, cp = vgg_pruner(tmp_path)
     x, y = torch.randn(16, 3, 32, 32), torch.randint(0, 10, (16,))
     columns = plan_columns(cp, cp._final_plan())
     with torch.no_grad():

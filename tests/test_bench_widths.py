@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Tuple
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -15,17 +15,7 @@ from benchmarks import bench_accuracy as bench
 from benchmarks.columns import zeroed
 from benchmarks.measured_widths import (batch_statistics, measured_fractions,
                                         profiled_selection, shared_groups)
-
-
-def _pruner(tmp_path: Path, budget: float = 0.25) -> Tuple[Any, Any]:
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(0)
-    model = bench.build("vgg")
-    example = torch.randn(1, 3, 32, 32)
-    cfg = tp.pat.recommend_config(model, example, budget, 30)
-    (tmp_path / "pruning_config.json").write_text(json.dumps(cfg))
-    cp = tp.Pruning(model, str(tmp_path), example_inputs=example, log=None).channel_pruner
-    return model, cp
+from tests.models.bench import vgg_pruner
 
 
 def _fractions(plan: dict, cp: Any) -> list:
@@ -33,7 +23,7 @@ def _fractions(plan: dict, cp: Any) -> list:
 
 
 def test_zeroed_columns_compute_what_the_removal_leaves_and_come_back(tmp_path: Path) -> None:
-    model, cp = _pruner(tmp_path)
+    model, cp = vgg_pruner(tmp_path)
     model.eval()
     plan = cp._final_plan()
     x = torch.randn(8, 3, 32, 32)
@@ -49,7 +39,7 @@ def test_zeroed_columns_compute_what_the_removal_leaves_and_come_back(tmp_path: 
 
 
 def test_measured_widths_reach_the_budget_where_the_loss_grows_least(tmp_path: Path) -> None:
-    model, cp = _pruner(tmp_path)
+    model, cp = vgg_pruner(tmp_path)
     torch.manual_seed(1)
     x = torch.randn(64, 3, 32, 32)
     y = torch.randint(0, 10, (64,))
@@ -79,7 +69,7 @@ def test_measured_widths_reach_the_budget_where_the_loss_grows_least(tmp_path: P
 
 
 def test_a_profile_steers_the_pruners_selection(tmp_path: Path) -> None:
-    model, cp = _pruner(tmp_path)
+    model, cp = vgg_pruner(tmp_path)
     uniform = cp._select(cp.schedule.final_ratio)[0]
     with profiled_selection({g.number: 1.0 for g in cp.groups}):
         same = cp._select(cp.schedule.final_ratio)[0]
@@ -98,7 +88,7 @@ def test_a_profile_steers_the_pruners_selection(tmp_path: Path) -> None:
 
 
 def test_the_profile_blends_from_the_same_ratio_to_the_measured_widths(tmp_path: Path) -> None:
-    model, cp = _pruner(tmp_path)
+    model, cp = vgg_pruner(tmp_path)
     torch.manual_seed(2)
     data = (torch.randn(64, 3, 32, 32), torch.randint(0, 10, (64,)),
             torch.randn(16, 3, 32, 32), torch.randint(0, 10, (16,)))
@@ -112,7 +102,7 @@ def test_the_profile_blends_from_the_same_ratio_to_the_measured_widths(tmp_path:
 
 
 def test_batch_statistics_normalize_per_batch_and_leave_the_running_ones(tmp_path: Path) -> None:
-    model, _ = _pruner(tmp_path)
+    model, _ = vgg_pruner(tmp_path)
     model.eval()
     x = torch.randn(32, 3, 32, 32) * 3 + 1
     buffers = {n: b.clone() for n, b in model.named_buffers()}
@@ -150,4 +140,4 @@ def test_shared_groups_are_the_residual_streams(tmp_path: Path) -> None:
             assert steered[g.number].sum() < uniform[g.number].sum()
         else:
             assert steered[g.number].sum() >= uniform[g.number].sum()
-    assert shared_groups(_pruner(tmp_path / "vgg")[1]) == []  # a plain chain has none
+    assert shared_groups(vgg_pruner(tmp_path / "vgg")[1]) == []  # a plain chain has none
