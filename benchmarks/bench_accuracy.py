@@ -104,9 +104,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 import torch_pruning as tp  # noqa: E402
 from benchmarks.columns import (Columns, fresh_plan, our_columns, plan_columns,  # noqa: E402
                                 put_back, zero_columns)
-from benchmarks.sandwich import sandwich_run  # noqa: E402
 from benchmarks.measured_widths import (measured_fractions, profiled_selection,  # noqa: E402
                                         shared_groups)
+from benchmarks.sandwich import sandwich_run  # noqa: E402
 
 logger = logging.getLogger("bench_accuracy")
 METHODS = ("unpruned", "oneshot", "sparse", "thin", "pat", "pat_kd", "thin_kd", "feedback")
