@@ -358,8 +358,6 @@ def upstream_prune(model: nn.Module, importance: Any, budget: float, base: float
     _meta_pruner(model, importance, upstream_ratio(model, importance, budget, base)).step()
 
 
-
-
 def upstream_columns(model: nn.Module, importance: Any, ratio: float) -> Columns:
     """For every consumer, the input channels upstream's MetaPruner would remove at ``ratio``
     (nothing is removed)."""

@@ -99,9 +99,9 @@ def sandwich_run(run: Any, budget: float, override: Dict[str, Any], label: str,
     ``sandwich.begin`` (fraction of the run, 0.3) to ``sandwich.end`` (0.65; 1.0 is the run's
     end), then remove it (``sandwich.alpha`` 1.0, ``sandwich.temperature`` 1.0,
     ``sandwich.weight`` 1.0 of the subnetwork's loss against the dense one's). With
-    ``sandwich.kd_after`` (``alpha`` 0.5, ``temperature`` 4) the fine-tuning after an early
-    removal is distilled from the dense network as it was at the removal (a forward pass of it
-    in every step). The result has the dense network's and the subnetwork's accuracy at the
+    ``sandwich.kd_after`` (``tp.pat.Distillation``'s arguments: ``alpha`` 0.5, ``temperature``
+    4) the fine-tuning after an early removal is distilled from the dense network as it was at
+    the removal (a forward pass of it in every step). The result has the dense network's and the subnetwork's accuracy at the
     removal (``at_removal``; the subnetwork's with its BatchNorm statistics recomputed)."""
     sw = override["sandwich"]
     epochs = run.epochs
@@ -121,13 +121,7 @@ def sandwich_run(run: Any, budget: float, override: Dict[str, Any], label: str,
 
         def loss_fn(x: torch.Tensor, dense_out: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
             if state["teacher"] is not None:  # fine-tuning, distilled from the dense network
-                with torch.no_grad():
-                    taught = state["teacher"](x)
-                t = float(kd_after.get("temperature", 4.0))
-                a = float(kd_after.get("alpha", 0.5))
-                kd = F.kl_div(F.log_softmax(dense_out / t, dim=1), F.softmax(taught / t, dim=1),
-                              reduction="batchmean") * t * t
-                return (1 - a) * loss + a * kd
+                return state["teacher"](loss, dense_out, x)
             if state["columns"] is None:
                 return loss
             return loss + weight * sandwich_loss(run.model, x, run.targets, dense_out,
@@ -149,18 +143,19 @@ def sandwich_run(run: Any, budget: float, override: Dict[str, Any], label: str,
                 plan, ratio = state["plan"]
                 state["columns"] = None
                 seen["dense"] = run.accuracy()
-                if kd_after is not None and epoch < epochs - 1:
-                    state["teacher"] = copy.deepcopy(run.model).eval().requires_grad_(False)
+                early = epoch < epochs - 1
+                if kd_after is not None and early:  # a frozen copy of the dense network
+                    state["teacher"] = tp.pat.Distillation(None, teacher=run.model, **kd_after)
                 cp._commit(plan, ratio, epoch, None)
                 cp._finish(run.model, epoch, None, physical=True)
-                alone = copy.deepcopy(run.model)  # the subnetwork as the removal leaves it
+                # the subnetwork as the removal leaves it, BatchNorm recomputed (on a copy
+                # when it trains on; at the run's end on the model itself)
+                alone = copy.deepcopy(run.model) if early else run.model
                 recalibrate_bn(alone, run.data[0][:2048])
                 seen["removed"] = run.accuracy(alone)
-                if epoch < epochs - 1:
+                if early:
                     run.optimizer = run.make_optimizer()
                     run.rewind(override.get("restart_peak", 1.0))
-                else:
-                    recalibrate_bn(run.model, run.data[0][:2048])
 
         if first == 0:
             replan()
