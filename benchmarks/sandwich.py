@@ -42,9 +42,6 @@ from benchmarks.measured_widths import batch_statistics
 
 __all__ = ["gated", "recalibrate_bn", "sandwich_loss", "sandwich_run"]
 
-_BN = (nn.BatchNorm1d, nn.BatchNorm2d)
-
-
 @contextlib.contextmanager
 def gated(columns: Columns) -> Iterator[None]:
     """Inside the block every consumer in ``columns`` sees its listed input channels at zero
@@ -69,7 +66,7 @@ def gated(columns: Columns) -> Iterator[None]:
 def recalibrate_bn(model: nn.Module, images: torch.Tensor, batch: int = 128) -> None:
     """Recompute every BatchNorm's running statistics as the average over ``images`` (in
     batches of ``batch``), the model's weights untouched; leaves the model in train mode."""
-    layers = [m for m in model.modules() if isinstance(m, _BN)]
+    layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     momenta = [m.momentum for m in layers]
     for m in layers:
         m.reset_running_stats()
@@ -101,8 +98,9 @@ def sandwich_run(run: Any, budget: float, override: Dict[str, Any], label: str,
     ``sandwich.weight`` 1.0 of the subnetwork's loss against the dense one's). With
     ``sandwich.kd_after`` (``tp.pat.Distillation``'s arguments: ``alpha`` 0.5, ``temperature``
     4) the fine-tuning after an early removal is distilled from the dense network as it was at
-    the removal (a forward pass of it in every step). The result has the dense network's and the subnetwork's accuracy at the
-    removal (``at_removal``; the subnetwork's with its BatchNorm statistics recomputed)."""
+    the removal (a forward pass of it in every step). The result has the dense network's and
+    the subnetwork's accuracy at the removal (``at_removal``; the subnetwork's with its
+    BatchNorm statistics recomputed)."""
     sw = override["sandwich"]
     epochs = run.epochs
     first = int(sw.get("begin", 0.3) * epochs)
